@@ -1,0 +1,2 @@
+//! hull's virtual machine monitor: one process per pod sandbox, booting hull's
+//! guest kernel under KVM with virtio-mmio devices.

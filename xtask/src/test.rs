@@ -1,0 +1,38 @@
+//! `cargo xtask test`: the whole test suite, as CI runs it.
+//!
+//! Order: install packages, lint (fmt + clippy), host tests (unit tests and
+//! integration tests that need no KVM), then the tests that need a working KVM,
+//! run through the test VM harness.
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::deps;
+use crate::util::{cargo, run};
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Skip `cargo fmt --check` and clippy.
+    #[arg(long)]
+    no_lint: bool,
+}
+
+pub fn run_lints() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+pub fn run_all(args: TestArgs) -> Result<()> {
+    deps::install()?;
+    if !args.no_lint {
+        run_lints()?;
+    }
+    run(cargo().args(["test", "--workspace"]))
+}
