@@ -1,0 +1,227 @@
+//! hulld's configuration: `/etc/hull/config.toml`.
+//!
+//! Every field has a default, unknown keys are refused with their name, and
+//! `hulld config default` prints [`DEFAULT_CONFIG_TOML`], the documented file
+//! whose values are exactly the defaults (a unit test keeps the two equal).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where hulld looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/hull/config.toml";
+
+/// The default configuration file, with a comment for every key.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("default_config.toml");
+
+/// The whole configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Unix socket on which the CRI is served.
+    pub socket_path: PathBuf,
+    /// Root of hulld's persistent state: pod and container records, images.
+    pub state_dir: PathBuf,
+    /// The cgroup driver reported to the kubelet (RuntimeConfig) and used for
+    /// the host cgroups of pod VMs.
+    pub cgroup_driver: CgroupDriver,
+    pub log: LogConfig,
+    /// Registry mirrors, credentials and plain-HTTP hosts.
+    pub registry: image_service::RegistryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket_path: PathBuf::from("/run/hull/hull.sock"),
+            state_dir: PathBuf::from("/var/lib/hull"),
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            log: LogConfig::default(),
+            registry: image_service::RegistryConfig::default(),
+        }
+    }
+}
+
+/// How pod VM cgroups are managed on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+/// hulld's own logs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `debug`, `cri_server=debug,info`, ...
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration file {path}: key `{key}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads `path`. A missing file at the default path means "all defaults";
+    /// a missing file named explicitly is an error.
+    pub fn load(path: &Path, explicitly_named: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !explicitly_named => {
+                return Ok(Config::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: err.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason: reason.to_string(),
+        };
+        if !self.socket_path.is_absolute() {
+            return Err(invalid("socket_path", "must be an absolute path"));
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(invalid("state_dir", "must be an absolute path"));
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", &err.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Directory of pod sandbox records.
+    pub fn sandboxes_dir(&self) -> PathBuf {
+        self.state_dir.join("sandboxes")
+    }
+
+    /// Directory of container records.
+    pub fn containers_dir(&self) -> PathBuf {
+        self.state_dir.join("containers")
+    }
+
+    /// Root of the image store.
+    pub fn images_dir(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+
+    /// Runtime-wide state the kubelet sets (UpdateRuntimeConfig).
+    pub fn runtime_state_path(&self) -> PathBuf {
+        self.state_dir.join("runtime.json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/hull/config.toml"))
+    }
+
+    #[test]
+    fn documented_default_file_equals_the_defaults() {
+        assert_eq!(parse(DEFAULT_CONFIG_TOML).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name_and_the_file() {
+        let err = parse("socket_pth = \"/run/x.sock\"\n").unwrap_err().to_string();
+        assert!(err.contains("socket_pth"), "{err}");
+        assert!(err.contains("/etc/hull/config.toml"), "{err}");
+        let err = parse("[log]\nlevle = \"debug\"\n").unwrap_err().to_string();
+        assert!(err.contains("levle"), "{err}");
+    }
+
+    #[test]
+    fn wrong_value_type_names_the_key() {
+        let err = parse("cgroup_driver = \"cgroupv3\"\n").unwrap_err().to_string();
+        assert!(err.contains("cgroup"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_are_refused() {
+        let err = parse("state_dir = \"var/lib/hull\"\n").unwrap_err().to_string();
+        assert!(err.contains("state_dir") && err.contains("absolute"), "{err}");
+    }
+
+    #[test]
+    fn values_are_read() {
+        let config = parse(
+            "socket_path = \"/tmp/h.sock\"\ncgroup_driver = \"systemd\"\n[log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.socket_path, PathBuf::from("/tmp/h.sock"));
+        assert_eq!(config.cgroup_driver, CgroupDriver::Systemd);
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.log.level, "info");
+    }
+
+    #[test]
+    fn missing_default_file_is_all_defaults_but_a_named_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.toml");
+        assert_eq!(Config::load(&path, false).unwrap(), Config::default());
+        assert!(matches!(
+            Config::load(&path, true),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

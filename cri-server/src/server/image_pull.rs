@@ -1,0 +1,32 @@
+//! PullImage.
+
+use k8s_cri::v1 as cri;
+
+use super::CriService;
+use crate::error::CriError;
+
+impl CriService {
+    pub async fn pull_image(
+        &self,
+        request: cri::PullImageRequest,
+    ) -> Result<cri::PullImageResponse, CriError> {
+        let reference = request
+            .image
+            .map(|spec| spec.image)
+            .filter(|image| !image.is_empty())
+            .ok_or(CriError::MissingField {
+                field: "image.image",
+            })?;
+        let auth = request.auth.map(|auth| image_service::PullAuth {
+            username: auth.username,
+            password: auth.password,
+            auth: auth.auth,
+            server_address: auth.server_address,
+            identity_token: auth.identity_token,
+            registry_token: auth.registry_token,
+        });
+        let image = self.images.pull(&reference, auth).await?;
+        tracing::info!(reference, image_id = image.id, "image pulled");
+        Ok(cri::PullImageResponse { image_ref: image.id })
+    }
+}

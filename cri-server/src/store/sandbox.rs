@@ -1,0 +1,124 @@
+//! The pod sandbox record: what the kubelet asked for (never changes) and
+//! where the sandbox is in its lifecycle (changes through `update`).
+
+use k8s_cri::v1 as cri;
+use serde::{Deserialize, Serialize};
+
+use super::Record;
+
+/// A pod sandbox as hulld keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub metadata: SandboxMetadata,
+    pub status: SandboxStatus,
+}
+
+/// Fixed at RunPodSandbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SandboxMetadata {
+    pub id: String,
+    /// The PodSandboxConfig exactly as the kubelet sent it.
+    pub config: cri::PodSandboxConfig,
+    /// The RuntimeClass handler that selected the VM profile.
+    pub runtime_handler: String,
+    /// Creation time, nanoseconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+/// Changes over the sandbox's life.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SandboxStatus {
+    pub state: SandboxState,
+    /// The pod's primary IP, once its network is set up.
+    #[serde(default)]
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub additional_ips: Vec<String>,
+}
+
+/// Where a sandbox is in its lifecycle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxState {
+    /// Its VM is running and its agent answers.
+    Ready,
+    /// Stopped, failed, or not yet fully started.
+    #[default]
+    NotReady,
+}
+
+impl SandboxState {
+    /// The CRI enum value.
+    pub fn to_cri(self) -> cri::PodSandboxState {
+        match self {
+            SandboxState::Ready => cri::PodSandboxState::SandboxReady,
+            SandboxState::NotReady => cri::PodSandboxState::SandboxNotready,
+        }
+    }
+
+    /// Containers can be created only in a ready sandbox.
+    pub fn can_create_container(self) -> bool {
+        self == SandboxState::Ready
+    }
+}
+
+impl Record for SandboxRecord {
+    const KIND: &'static str = "pod sandbox";
+    fn id(&self) -> &str {
+        &self.metadata.id
+    }
+}
+
+impl SandboxRecord {
+    pub fn labels(&self) -> &std::collections::HashMap<String, String> {
+        &self.metadata.config.labels
+    }
+
+    /// The entry ListPodSandbox returns.
+    pub fn to_cri(&self) -> cri::PodSandbox {
+        cri::PodSandbox {
+            id: self.metadata.id.clone(),
+            metadata: self.metadata.config.metadata.clone(),
+            state: self.status.state.to_cri() as i32,
+            created_at: self.metadata.created_at,
+            labels: self.metadata.config.labels.clone(),
+            annotations: self.metadata.config.annotations.clone(),
+            runtime_handler: self.metadata.runtime_handler.clone(),
+        }
+    }
+
+    /// The status PodSandboxStatus returns.
+    pub fn to_cri_status(&self) -> cri::PodSandboxStatus {
+        let network = self.status.ip.as_ref().map(|ip| cri::PodSandboxNetworkStatus {
+            ip: ip.clone(),
+            additional_ips: self
+                .status
+                .additional_ips
+                .iter()
+                .map(|ip| cri::PodIp { ip: ip.clone() })
+                .collect(),
+        });
+        let namespace_options = self
+            .metadata
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone());
+        cri::PodSandboxStatus {
+            id: self.metadata.id.clone(),
+            metadata: self.metadata.config.metadata.clone(),
+            state: self.status.state.to_cri() as i32,
+            created_at: self.metadata.created_at,
+            network,
+            linux: Some(cri::LinuxPodSandboxStatus {
+                namespaces: Some(cri::Namespace {
+                    options: namespace_options,
+                }),
+            }),
+            labels: self.metadata.config.labels.clone(),
+            annotations: self.metadata.config.annotations.clone(),
+            runtime_handler: self.metadata.runtime_handler.clone(),
+        }
+    }
+}
