@@ -1,1 +1,31 @@
 //! The protocol between hulld (host) and the guest agent (PID 1 in each pod VM).
+//!
+//! The wire format is `agent/v1/agent.proto` (package `hull.agent.v1`), gRPC
+//! over virtio-vsock; that file documents every RPC. This crate holds:
+//!
+//! - [`v1`]: the generated messages, client and server;
+//! - [`validate`]: checks hulld applies to everything the agent sends (the
+//!   host does not trust the guest);
+//! - `client` (feature `client`): connecting to an agent over AF_VSOCK or a
+//!   hybrid-vsock unix socket;
+//! - `spec` (feature `spec`): building a container's OCI runtime spec from
+//!   CRI-like inputs, including the RuntimeDefault seccomp profile.
+
+pub mod limits;
+pub mod validate;
+
+#[cfg(feature = "client")]
+pub mod client;
+
+/// Generated code of package `hull.agent.v1`.
+pub mod v1 {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("hull.agent.v1");
+}
+
+/// The minor version of protocol v1 this crate speaks, reported by the agent
+/// in `HealthResponse.protocol_version`. Bump on every additive change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The vsock port the agent listens on unless `hull.vsock_port=` says otherwise.
+pub const DEFAULT_AGENT_PORT: u32 = 1024;

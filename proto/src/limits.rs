@@ -1,0 +1,33 @@
+//! Size limits shared by both ends. The agent refuses requests over them; the
+//! host refuses replies over them (a guest is not trusted to be reasonable).
+
+/// Largest `data` in one `OutputChunk` or `StdinChunk`.
+pub const MAX_STDIO_CHUNK_BYTES: usize = 32 * 1024;
+
+/// Largest OCI runtime spec JSON in `CreateContainerRequest`.
+pub const MAX_SPEC_JSON_BYTES: usize = 1024 * 1024;
+
+/// Largest OCI process JSON in `ExecProcessRequest`.
+pub const MAX_PROCESS_JSON_BYTES: usize = 256 * 1024;
+
+/// Largest OCI `LinuxResources` JSON in `UpdateContainerRequest`.
+pub const MAX_RESOURCES_JSON_BYTES: usize = 64 * 1024;
+
+/// Largest file content in one `CopyFileRequest`.
+pub const MAX_COPY_FILE_BYTES: usize = 1024 * 1024;
+
+/// Largest message the agent's server decodes (a spec plus headroom).
+pub const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
+
+/// Largest message hulld's client decodes from an agent. The largest honest
+/// reply is `SandboxStatsResponse` (~200 bytes per container).
+pub const MAX_REPLY_BYTES: usize = 256 * 1024;
+
+/// Longest container or exec id.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Longest version string in `HealthResponse`.
+pub const MAX_VERSION_LEN: usize = 64;
+
+/// Most containers a `SandboxStatsResponse` may list.
+pub const MAX_CONTAINERS_PER_SANDBOX: usize = 512;

@@ -1,0 +1,397 @@
+//! Field checks for messages crossing the host ⇄ guest boundary.
+//!
+//! The agent uses [`container_id`] and [`exec_id`] on requests; hulld runs the
+//! `*_reply`/[`output_chunk`]/[`event`] checks on everything the agent sends
+//! before acting on it, because a compromised guest may send anything.
+
+use crate::limits::{
+    MAX_CONTAINERS_PER_SANDBOX, MAX_ID_LEN, MAX_STDIO_CHUNK_BYTES, MAX_VERSION_LEN,
+};
+use crate::v1;
+
+/// A field that failed validation; the message names the field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ValidationError {
+    #[error("{field} is empty")]
+    Empty { field: &'static str },
+    #[error("{field} is {len} bytes long, more than the limit of {max}")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{field} holds a character outside [A-Za-z0-9_.-] or starts with '.' or '-'")]
+    BadCharacters { field: &'static str },
+    #[error("{field} has the value {value}, outside the allowed range")]
+    OutOfRange { field: &'static str, value: i64 },
+    #[error("{field} is missing")]
+    Missing { field: &'static str },
+    #[error("{field} is an unknown enum value {value}")]
+    UnknownEnum { field: &'static str, value: i32 },
+}
+
+fn identifier(field: &'static str, id: &str) -> Result<(), ValidationError> {
+    if id.is_empty() {
+        return Err(ValidationError::Empty { field });
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(ValidationError::TooLong {
+            field,
+            len: id.len(),
+            max: MAX_ID_LEN,
+        });
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if !id.chars().all(allowed) || id.starts_with(['.', '-']) {
+        return Err(ValidationError::BadCharacters { field });
+    }
+    Ok(())
+}
+
+/// A container id: 1–64 of `[A-Za-z0-9_.-]`, not starting with `.` or `-`.
+/// Safe to use as a single path component.
+pub fn container_id(id: &str) -> Result<(), ValidationError> {
+    identifier("container_id", id)
+}
+
+/// An exec id: same rules as [`container_id`]; the empty string means the
+/// container's init process and is accepted.
+pub fn exec_id(id: &str) -> Result<(), ValidationError> {
+    if id.is_empty() {
+        return Ok(());
+    }
+    identifier("exec_id", id)
+}
+
+fn printable(field: &'static str, s: &str, max: usize) -> Result<(), ValidationError> {
+    if s.len() > max {
+        return Err(ValidationError::TooLong {
+            field,
+            len: s.len(),
+            max,
+        });
+    }
+    if s.chars().any(|c| c.is_control()) {
+        return Err(ValidationError::BadCharacters { field });
+    }
+    Ok(())
+}
+
+/// A `HealthResponse` from an agent.
+pub fn health_reply(reply: &v1::HealthResponse) -> Result<(), ValidationError> {
+    if reply.agent_version.is_empty() {
+        return Err(ValidationError::Empty {
+            field: "agent_version",
+        });
+    }
+    printable("agent_version", &reply.agent_version, MAX_VERSION_LEN)?;
+    if !reply.uptime_seconds.is_finite() || reply.uptime_seconds < 0.0 {
+        return Err(ValidationError::OutOfRange {
+            field: "uptime_seconds",
+            value: reply.uptime_seconds as i64,
+        });
+    }
+    Ok(())
+}
+
+/// An `ExitStatus`: exit code 0–255 (128+signal when signalled), signal
+/// 0–64, non-negative time.
+pub fn exit_status(status: &v1::ExitStatus) -> Result<(), ValidationError> {
+    if !(0..=255).contains(&status.exit_code) {
+        return Err(ValidationError::OutOfRange {
+            field: "exit_status.exit_code",
+            value: status.exit_code.into(),
+        });
+    }
+    if status.signal > 64 {
+        return Err(ValidationError::OutOfRange {
+            field: "exit_status.signal",
+            value: status.signal.into(),
+        });
+    }
+    if status.signal != 0 && status.exit_code != 128 + status.signal as i32 {
+        return Err(ValidationError::OutOfRange {
+            field: "exit_status.exit_code",
+            value: status.exit_code.into(),
+        });
+    }
+    if status.exited_at_unix_nanos < 0 {
+        return Err(ValidationError::OutOfRange {
+            field: "exit_status.exited_at_unix_nanos",
+            value: status.exited_at_unix_nanos,
+        });
+    }
+    Ok(())
+}
+
+/// A `WaitProcessResponse`.
+pub fn wait_reply(reply: &v1::WaitProcessResponse) -> Result<&v1::ExitStatus, ValidationError> {
+    let status = reply
+        .status
+        .as_ref()
+        .ok_or(ValidationError::Missing { field: "status" })?;
+    exit_status(status)?;
+    Ok(status)
+}
+
+/// A `ContainerStatusResponse`.
+pub fn container_status_reply(reply: &v1::ContainerStatusResponse) -> Result<(), ValidationError> {
+    let state =
+        v1::ContainerState::try_from(reply.state).map_err(|_| ValidationError::UnknownEnum {
+            field: "state",
+            value: reply.state,
+        })?;
+    if state == v1::ContainerState::Unspecified {
+        return Err(ValidationError::Missing { field: "state" });
+    }
+    for (field, value) in [
+        ("created_at_unix_nanos", reply.created_at_unix_nanos),
+        ("started_at_unix_nanos", reply.started_at_unix_nanos),
+    ] {
+        if value < 0 {
+            return Err(ValidationError::OutOfRange { field, value });
+        }
+    }
+    if let Some(exit) = &reply.exit {
+        exit_status(exit)?;
+    } else if state == v1::ContainerState::Stopped {
+        return Err(ValidationError::Missing { field: "exit" });
+    }
+    Ok(())
+}
+
+/// One `OutputChunk` of a `ReadOutput` stream.
+pub fn output_chunk(chunk: &v1::OutputChunk) -> Result<v1::OutputStream, ValidationError> {
+    if chunk.data.len() > MAX_STDIO_CHUNK_BYTES {
+        return Err(ValidationError::TooLong {
+            field: "output_chunk.data",
+            len: chunk.data.len(),
+            max: MAX_STDIO_CHUNK_BYTES,
+        });
+    }
+    match v1::OutputStream::try_from(chunk.stream) {
+        Ok(v1::OutputStream::Unspecified) | Err(_) => Err(ValidationError::UnknownEnum {
+            field: "output_chunk.stream",
+            value: chunk.stream,
+        }),
+        Ok(stream) => Ok(stream),
+    }
+}
+
+fn cgroup_stats(stats: &v1::CgroupStats) -> Result<(), ValidationError> {
+    if stats.timestamp_unix_nanos <= 0 {
+        return Err(ValidationError::OutOfRange {
+            field: "stats.timestamp_unix_nanos",
+            value: stats.timestamp_unix_nanos,
+        });
+    }
+    if let Some(memory) = &stats.memory
+        && memory.working_set_bytes > memory.usage_bytes
+    {
+        return Err(ValidationError::OutOfRange {
+            field: "stats.memory.working_set_bytes",
+            value: i64::try_from(memory.working_set_bytes).unwrap_or(i64::MAX),
+        });
+    }
+    Ok(())
+}
+
+/// A `ContainerStatsResponse`.
+pub fn container_stats_reply(
+    reply: &v1::ContainerStatsResponse,
+) -> Result<&v1::CgroupStats, ValidationError> {
+    let stats = reply
+        .stats
+        .as_ref()
+        .ok_or(ValidationError::Missing { field: "stats" })?;
+    cgroup_stats(stats)?;
+    Ok(stats)
+}
+
+/// A `SandboxStatsResponse`.
+pub fn sandbox_stats_reply(reply: &v1::SandboxStatsResponse) -> Result<(), ValidationError> {
+    if let Some(pod) = &reply.pod {
+        cgroup_stats(pod)?;
+    }
+    if reply.containers.len() > MAX_CONTAINERS_PER_SANDBOX {
+        return Err(ValidationError::TooLong {
+            field: "containers",
+            len: reply.containers.len(),
+            max: MAX_CONTAINERS_PER_SANDBOX,
+        });
+    }
+    for (id, stats) in &reply.containers {
+        container_id(id)?;
+        cgroup_stats(stats)?;
+    }
+    Ok(())
+}
+
+/// One `Event` of an `Events` stream.
+pub fn event(event: &v1::Event) -> Result<(), ValidationError> {
+    match &event.kind {
+        None => Err(ValidationError::Missing {
+            field: "event.kind",
+        }),
+        Some(v1::event::Kind::ProcessExited(exited)) => {
+            container_id(&exited.container_id)?;
+            exec_id(&exited.exec_id)?;
+            let status = exited.status.as_ref().ok_or(ValidationError::Missing {
+                field: "process_exited.status",
+            })?;
+            exit_status(status)
+        }
+        Some(v1::event::Kind::OomKilled(oom)) => container_id(&oom.container_id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_follow_the_rules() {
+        assert!(container_id("abc-123_x.y").is_ok());
+        assert_eq!(
+            container_id(""),
+            Err(ValidationError::Empty {
+                field: "container_id"
+            })
+        );
+        for bad in ["../etc", "a/b", ".hidden", "-flag", "sp ace", "é"] {
+            assert_eq!(
+                container_id(bad),
+                Err(ValidationError::BadCharacters {
+                    field: "container_id"
+                }),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            container_id(&"a".repeat(65)),
+            Err(ValidationError::TooLong { len: 65, .. })
+        ));
+        assert!(container_id(&"a".repeat(64)).is_ok());
+        assert!(exec_id("").is_ok());
+        assert!(exec_id("x/y").is_err());
+    }
+
+    #[test]
+    fn exit_status_must_be_consistent() {
+        let ok = v1::ExitStatus {
+            exit_code: 143,
+            signal: 15,
+            oom_killed: false,
+            exited_at_unix_nanos: 1,
+        };
+        assert!(exit_status(&ok).is_ok());
+        let inconsistent = v1::ExitStatus { exit_code: 1, ..ok };
+        assert!(exit_status(&inconsistent).is_err());
+        let too_big = v1::ExitStatus {
+            exit_code: 300,
+            signal: 0,
+            ..ok
+        };
+        assert!(exit_status(&too_big).is_err());
+        let bad_signal = v1::ExitStatus {
+            exit_code: 128 + 99,
+            signal: 99,
+            ..ok
+        };
+        assert!(exit_status(&bad_signal).is_err());
+        assert!(
+            wait_reply(&v1::WaitProcessResponse { status: None }).is_err(),
+            "a missing status is rejected"
+        );
+    }
+
+    #[test]
+    fn output_chunks_are_bounded_and_tagged() {
+        let mut chunk = v1::OutputChunk {
+            stream: v1::OutputStream::Stdout as i32,
+            data: vec![0; MAX_STDIO_CHUNK_BYTES],
+        };
+        assert_eq!(output_chunk(&chunk), Ok(v1::OutputStream::Stdout));
+        chunk.data.push(0);
+        assert!(matches!(
+            output_chunk(&chunk),
+            Err(ValidationError::TooLong { .. })
+        ));
+        chunk.data.clear();
+        chunk.stream = 7;
+        assert!(matches!(
+            output_chunk(&chunk),
+            Err(ValidationError::UnknownEnum { value: 7, .. })
+        ));
+        chunk.stream = 0;
+        assert!(output_chunk(&chunk).is_err());
+    }
+
+    #[test]
+    fn health_reply_rejects_control_characters_and_bad_uptime() {
+        let mut reply = v1::HealthResponse {
+            agent_version: "0.1.0".into(),
+            protocol_version: 1,
+            uptime_seconds: 2.5,
+        };
+        assert!(health_reply(&reply).is_ok());
+        reply.agent_version = "0.1\x1b[2J".into();
+        assert!(health_reply(&reply).is_err());
+        reply.agent_version = "0.1.0".into();
+        reply.uptime_seconds = f64::NAN;
+        assert!(health_reply(&reply).is_err());
+    }
+
+    #[test]
+    fn stats_reject_impossible_values() {
+        let stats = v1::CgroupStats {
+            memory: Some(v1::MemoryStats {
+                usage_bytes: 10,
+                working_set_bytes: 20,
+                ..Default::default()
+            }),
+            timestamp_unix_nanos: 5,
+            ..Default::default()
+        };
+        let reply = v1::ContainerStatsResponse { stats: Some(stats) };
+        assert!(container_stats_reply(&reply).is_err());
+        let mut sandbox = v1::SandboxStatsResponse::default();
+        sandbox.containers.insert("../x".into(), stats);
+        assert!(sandbox_stats_reply(&sandbox).is_err());
+    }
+
+    #[test]
+    fn events_need_a_kind_and_valid_ids() {
+        assert!(event(&v1::Event::default()).is_err());
+        let oom = v1::Event {
+            timestamp_unix_nanos: 1,
+            kind: Some(v1::event::Kind::OomKilled(v1::OomKilled {
+                container_id: "c1".into(),
+            })),
+        };
+        assert!(event(&oom).is_ok());
+        let exited = v1::Event {
+            timestamp_unix_nanos: 1,
+            kind: Some(v1::event::Kind::ProcessExited(v1::ProcessExited {
+                container_id: "c1".into(),
+                exec_id: String::new(),
+                status: None,
+            })),
+        };
+        assert!(event(&exited).is_err());
+    }
+
+    #[test]
+    fn stopped_container_status_needs_an_exit() {
+        let reply = v1::ContainerStatusResponse {
+            state: v1::ContainerState::Stopped as i32,
+            ..Default::default()
+        };
+        assert!(container_status_reply(&reply).is_err());
+        let reply = v1::ContainerStatusResponse {
+            state: 42,
+            ..Default::default()
+        };
+        assert!(container_status_reply(&reply).is_err());
+    }
+}
