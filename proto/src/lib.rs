@@ -17,6 +17,9 @@ pub mod validate;
 #[cfg(feature = "client")]
 pub mod client;
 
+#[cfg(feature = "spec")]
+pub mod spec;
+
 /// Generated code of package `hull.agent.v1`.
 pub mod v1 {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
