@@ -7,8 +7,11 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod cache;
 mod deps;
+mod kernel;
 mod test;
+mod testvm;
 mod util;
 
 #[derive(Parser)]
@@ -24,6 +27,17 @@ enum Command {
     Deps,
     /// Run the whole test suite: lints, unit and integration tests, VM tests.
     Test(test::TestArgs),
+    /// Build hull's guest kernel (cached) and print the path of its vmlinux.
+    Kernel,
+    /// Run a command on a host with a working KVM (natively, or in the test VM).
+    VmRun(testvm::VmRunArgs),
+    /// Stop a test VM started with `vm-run --detach`.
+    VmStop(testvm::detach::InstanceArgs),
+    /// Show whether a detached test VM runs, and its forwards.
+    VmStatus(testvm::detach::InstanceArgs),
+    /// One half of a detached test VM's socket forward (internal).
+    #[command(hide = true)]
+    TestvmProxy(testvm::proxy::ProxyArgs),
 }
 
 fn main() -> Result<()> {
@@ -31,5 +45,10 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Deps => deps::install(),
         Command::Test(args) => test::run_all(args),
+        Command::Kernel => kernel::run_cli(),
+        Command::VmRun(args) => testvm::run_cli(args),
+        Command::VmStop(args) => testvm::detach::stop_cli(args),
+        Command::VmStatus(args) => testvm::detach::status_cli(args),
+        Command::TestvmProxy(args) => testvm::proxy::run_cli(args),
     }
 }
