@@ -1,4 +1,7 @@
 //! hull's virtual machine monitor: one process per pod sandbox, booting hull's
 //! guest kernel under KVM with virtio-mmio devices.
 
-pub mod host_check;
+pub mod devices;
+pub mod exit_record;
+pub mod vmm;
+pub mod vstate;
