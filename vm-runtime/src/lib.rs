@@ -3,5 +3,6 @@
 
 pub mod devices;
 pub mod exit_record;
+pub mod host_check;
 pub mod vmm;
 pub mod vstate;
