@@ -1,2 +1,7 @@
 //! Shared helpers for hull's end-to-end tests: starting hulld, a CRI client
 //! over its unix socket, a local registry, and waiting with deadlines.
+
+pub mod cpio;
+pub mod disk;
+pub mod guest;
+pub mod qemu;

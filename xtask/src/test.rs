@@ -15,6 +15,9 @@ pub struct TestArgs {
     /// Skip `cargo fmt --check` and clippy.
     #[arg(long)]
     no_lint: bool,
+    /// Skip the tests that need a working KVM (the `vm_*` targets).
+    #[arg(long)]
+    no_vm: bool,
 }
 
 pub fn run_lints() -> Result<()> {
@@ -34,5 +37,14 @@ pub fn run_all(args: TestArgs) -> Result<()> {
     if !args.no_lint {
         run_lints()?;
     }
-    run(cargo().args(["test", "--workspace"]))
+    run(cargo().args(["test", "--workspace"]))?;
+    // VM tests: `vm_*` targets of hull-integration, all in one test VM boot
+    // (see xtask/src/testvm/suite.rs).
+    if !args.no_vm {
+        if !args.no_lint {
+            crate::testvm::suite::lint()?;
+        }
+        crate::testvm::suite::run_vm_tests()?;
+    }
+    Ok(())
 }

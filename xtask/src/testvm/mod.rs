@@ -30,6 +30,7 @@ mod foreground;
 pub mod initramfs;
 pub mod proxy;
 pub mod qemu;
+pub mod suite;
 
 // The host check is the VMM crate's own (hulld uses the same function), but
 // xtask includes its source rather than depending on the crate: this keeps

@@ -1,0 +1,143 @@
+//! The VM test step of `cargo xtask test`: every `vm_*` test target of the
+//! `hull-integration` crate (feature `vm-tests`), run in one `vm-run`.
+//!
+//! 1. Build the guest kernel (cached) and pass its paths to the tests as
+//!    `HULL_GUEST_VMLINUX` and `HULL_GUEST_BZIMAGE`.
+//! 2. Build the test binaries on the host: `cargo test -p hull-integration
+//!    --features vm-tests --no-run --message-format=json`, keeping the
+//!    executables of `vm_*` targets.
+//! 3. Run them one after another inside one test VM boot, each printing its
+//!    usual libtest output (`test result:` lines), from the crate's folder as
+//!    cargo would; fail if any fails.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use anyhow::{Context, Result, bail};
+
+use super::{RunOptions, run};
+use crate::kernel;
+use crate::util::{cargo, workspace_root};
+
+const PACKAGE: &str = "hull-integration";
+const FEATURE: &str = "vm-tests";
+const TARGET_PREFIX: &str = "vm_";
+
+/// Lints the VM test targets, which `clippy --workspace` does not build
+/// (they need the `vm-tests` feature).
+pub fn lint() -> Result<()> {
+    crate::util::run(cargo().args([
+        "clippy",
+        "-p",
+        PACKAGE,
+        "--features",
+        FEATURE,
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+/// Builds and runs every VM test; fails if any test fails.
+pub fn run_vm_tests() -> Result<()> {
+    let kernel = kernel::build()?;
+    let binaries = build_test_binaries()?;
+    if binaries.is_empty() {
+        bail!("no `{TARGET_PREFIX}*` test targets found in {PACKAGE}");
+    }
+    let crate_dir = workspace_root().join("integration");
+    let mut command = vec![
+        "env".to_string(),
+        format!("HULL_GUEST_VMLINUX={}", kernel.vmlinux.display()),
+        format!("HULL_GUEST_BZIMAGE={}", kernel.bzimage.display()),
+        "sh".to_string(),
+        "-c".to_string(),
+        RUNNER.to_string(),
+        "vm-tests".to_string(),
+        crate_dir.display().to_string(),
+    ];
+    command.extend(binaries.iter().map(|b| b.display().to_string()));
+    let code = run(&command, &RunOptions::default())?;
+    if code != 0 {
+        bail!("VM tests failed (exit status {code})");
+    }
+    Ok(())
+}
+
+/// `sh -c RUNNER vm-tests CRATE_DIR BINARY...`: runs each binary, reports
+/// the failures at the end, exits 1 if any failed.
+const RUNNER: &str = r#"cd "$1" || exit 125
+shift
+failed=""
+for binary in "$@"; do
+    echo "     Running ${binary##*/}"
+    "$binary" || failed="$failed ${binary##*/}"
+done
+if [ -n "$failed" ]; then
+    echo "VM test binaries that failed:$failed" >&2
+    exit 1
+fi
+"#;
+
+fn build_test_binaries() -> Result<Vec<PathBuf>> {
+    let out = cargo()
+        .args([
+            "test",
+            "-p",
+            PACKAGE,
+            "--features",
+            FEATURE,
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo")?;
+    if !out.status.success() {
+        bail!("building the VM tests failed ({})", out.status);
+    }
+    Ok(vm_test_executables(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Executables of `vm_*` test targets in cargo's JSON messages.
+fn vm_test_executables(messages: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .filter(|message| message["profile"]["test"] == true)
+        .filter(|message| {
+            message["target"]["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|k| k == "test"))
+        })
+        .filter(|message| {
+            message["target"]["name"]
+                .as_str()
+                .is_some_and(|name| name.starts_with(TARGET_PREFIX))
+        })
+        .filter_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_only_vm_test_executables() {
+        let messages = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"hull_integration"},"profile":{"test":false},"executable":null}
+{"reason":"compiler-artifact","target":{"kind":["test"],"name":"vm_guest_boot"},"profile":{"test":true},"executable":"/t/debug/deps/vm_guest_boot-1"}
+{"reason":"compiler-artifact","target":{"kind":["test"],"name":"cri_runtime"},"profile":{"test":true},"executable":"/t/debug/deps/cri_runtime-2"}
+{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"hull_integration"},"profile":{"test":true},"executable":"/t/debug/deps/hull_integration-3"}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            vm_test_executables(messages),
+            vec![PathBuf::from("/t/debug/deps/vm_guest_boot-1")]
+        );
+    }
+}
