@@ -1,0 +1,145 @@
+//! The one place where agent errors become gRPC statuses.
+
+use tonic::{Code, Status};
+
+use crate::container::ContainerError;
+use crate::sandbox::SandboxError;
+use crate::stdio::StdioError;
+use crate::storage::StorageError;
+
+/// The message of an error and its sources, joined with ": ".
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}
+
+fn storage_code(err: &StorageError) -> Code {
+    match err {
+        StorageError::PathOutsideBase { .. }
+        | StorageError::Missing { .. }
+        | StorageError::UnsupportedFsType(_)
+        | StorageError::TooLarge { .. } => Code::InvalidArgument,
+        StorageError::NoSuchSerial(_) | StorageError::NoSuchDevice(_) => Code::NotFound,
+        StorageError::Mount { .. } | StorageError::Unmount { .. } | StorageError::Io { .. } => {
+            Code::Internal
+        }
+    }
+}
+
+fn stdio_code(err: &StdioError) -> Code {
+    match err {
+        StdioError::ReaderAttached
+        | StdioError::NoStdin
+        | StdioError::StdinClosed
+        | StdioError::NoTerminal => Code::FailedPrecondition,
+        _ => Code::Internal,
+    }
+}
+
+impl From<ContainerError> for Status {
+    fn from(err: ContainerError) -> Self {
+        let code = match &err {
+            ContainerError::NotFound(_) | ContainerError::ExecNotFound { .. } => Code::NotFound,
+            ContainerError::AlreadyExists(_) | ContainerError::ExecExists { .. } => {
+                Code::AlreadyExists
+            }
+            ContainerError::BadState { .. } => Code::FailedPrecondition,
+            ContainerError::Invalid(_) => Code::InvalidArgument,
+            ContainerError::User(_) => Code::InvalidArgument,
+            ContainerError::Storage(e) => storage_code(e),
+            ContainerError::Stdio(e) => stdio_code(e),
+            ContainerError::Runtime { .. }
+            | ContainerError::Io { .. }
+            | ContainerError::Cgroup { .. }
+            | ContainerError::Stats(_) => Code::Internal,
+        };
+        log(code, &err);
+        Status::new(code, chain(&err))
+    }
+}
+
+impl From<SandboxError> for Status {
+    fn from(err: SandboxError) -> Self {
+        let code = match &err {
+            SandboxError::BadHostname(_)
+            | SandboxError::BadSysctl(_)
+            | SandboxError::BadConfigLine { .. } => Code::InvalidArgument,
+            SandboxError::NetworkNotImplemented => Code::Unimplemented,
+            SandboxError::Storage(e) => storage_code(e),
+            SandboxError::Sysctl { .. }
+            | SandboxError::Namespace { .. }
+            | SandboxError::Io { .. } => Code::Internal,
+        };
+        log(code, &err);
+        Status::new(code, chain(&err))
+    }
+}
+
+impl From<StorageError> for Status {
+    fn from(err: StorageError) -> Self {
+        let code = storage_code(&err);
+        log(code, &err);
+        Status::new(code, chain(&err))
+    }
+}
+
+impl From<StdioError> for Status {
+    fn from(err: StdioError) -> Self {
+        let code = stdio_code(&err);
+        log(code, &err);
+        Status::new(code, chain(&err))
+    }
+}
+
+/// A request that failed is an `error` when the guest failed, a `warn` when
+/// the request was wrong (see docs/agent.md, logging).
+fn log(code: Code, err: &dyn std::error::Error) {
+    let message = chain(err);
+    if code == Code::Internal {
+        tracing::error!(?code, error = %message, "request failed");
+    } else {
+        tracing::warn!(?code, error = %message, "request refused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_errors_to_codes_with_their_causes() {
+        let status = Status::from(ContainerError::NotFound("c1".into()));
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(status.message(), "container c1 does not exist");
+        let status = Status::from(ContainerError::BadState {
+            id: "c1".into(),
+            state: "stopped",
+            action: "start",
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let status = Status::from(StorageError::Io {
+            path: "/x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        });
+        assert_eq!(status.code(), Code::Internal);
+        assert!(
+            status.message().starts_with("cannot write /x: "),
+            "{}",
+            status.message()
+        );
+        assert_eq!(
+            Status::from(SandboxError::NetworkNotImplemented).code(),
+            Code::Unimplemented
+        );
+        assert_eq!(
+            Status::from(StdioError::ReaderAttached).code(),
+            Code::FailedPrecondition
+        );
+    }
+}
