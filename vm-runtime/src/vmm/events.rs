@@ -1,7 +1,9 @@
 //! Messages to the VMM's main thread, which owns the VM's lifetime.
 
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
+use super::builder::{BootRequest, VmHandle};
 use crate::exit_record::StopMode;
 
 /// What the guest did that ends the VM.
@@ -28,8 +30,9 @@ pub struct StopRequest {
 }
 
 /// Everything the main thread waits for.
-#[derive(Debug)]
 pub enum VmmEvent {
+    /// Build and start the VM; the answer goes back on the sender.
+    Boot(Box<BootRequest>, Sender<Result<Arc<VmHandle>, String>>),
     Guest(GuestEvent),
     Stop(StopRequest),
 }

@@ -1,5 +1,303 @@
-//! The VMM: builds a VM from a [`config::VmConfig`] and owns its lifetime.
+//! The VMM process: builds a VM from a [`config::VmConfig`] and owns its
+//! lifetime, from the `boot` request to the exit record.
 
+pub mod builder;
 pub mod config;
 pub mod events;
+pub mod report;
 pub mod timeline;
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::control::server::{self, ControlShared};
+use crate::devices::bus::lock;
+use crate::exit_record::{self, ExitReason, ExitRecord, StopMode};
+use crate::privileges;
+use crate::seccomp::{self, Filters, ThreadKind};
+use builder::{BootRequest, VmHandle, VmmEnvironment};
+use events::{GuestEvent, VmmEvent};
+use timeline::{BootPhase, BootTimeline};
+
+/// The VMM's command-line options.
+#[derive(Debug, Clone)]
+pub struct VmmOptions {
+    /// Control socket to listen on.
+    pub api_sock: Option<PathBuf>,
+    /// Boot this config at once instead of waiting for a `boot` request.
+    pub config_file: Option<PathBuf>,
+    pub exit_record: PathBuf,
+    pub console_log: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub seccomp: bool,
+}
+
+/// Why the VMM could not start at all.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("give a control socket, a config file, or both")]
+    NothingToDo,
+    #[error("cannot write the pid file {path}")]
+    PidFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on the control socket {path}")]
+    Listen {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the config file {path}")]
+    ConfigFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}")]
+    ConfigParse {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("seccomp")]
+    Seccomp(#[from] seccomp::SeccompError),
+    #[error("cannot start the control thread")]
+    ControlThread(#[source] std::io::Error),
+    #[error("cannot write the exit record")]
+    ExitRecord(#[from] exit_record::ExitRecordError),
+}
+
+/// A graceful stop in progress.
+struct PendingStop {
+    deadline: Instant,
+}
+
+/// The end of a VMM run: the record written, and the VM, still mapped.
+///
+/// vCPU and device threads may still be running when [`run`] returns; the
+/// caller ends the process while holding this (dropping it first would
+/// unmap guest memory under them).
+pub struct VmmExit {
+    pub record: ExitRecord,
+    _vm: Option<Arc<VmHandle>>,
+}
+
+/// Runs the VMM until its VM ends; returns the exit record it wrote.
+pub fn run(options: VmmOptions) -> Result<VmmExit, VmmError> {
+    if options.api_sock.is_none() && options.config_file.is_none() {
+        return Err(VmmError::NothingToDo);
+    }
+    privileges::drop_bounding_set();
+    if let Some(path) = &options.pid_file {
+        exit_record::write_atomic(path, format!("{}\n", std::process::id()).as_bytes()).map_err(
+            |source| VmmError::PidFile {
+                path: path.display().to_string(),
+                source,
+            },
+        )?;
+    }
+    let filters = if options.seccomp {
+        Some(Arc::new(Filters::build()?))
+    } else {
+        None
+    };
+    let env = VmmEnvironment {
+        console_log: options.console_log.clone(),
+        filters: filters.clone(),
+    };
+    let (events, inbox) = mpsc::channel::<VmmEvent>();
+    let shared = Arc::new(ControlShared::default());
+    if let Some(path) = &options.api_sock {
+        // A stale socket from an earlier VMM at this path would make bind fail.
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).map_err(|source| VmmError::Listen {
+            path: path.display().to_string(),
+            source,
+        })?;
+        server::spawn(listener, events.clone(), shared.clone(), filters.clone())
+            .map_err(VmmError::ControlThread)?;
+        tracing::info!(path = %path.display(), "control socket listening");
+    }
+    let timeline = Arc::new(BootTimeline::default());
+    let mut vm: Option<Arc<VmHandle>> = None;
+    if let Some(path) = &options.config_file {
+        let text = std::fs::read_to_string(path).map_err(|source| VmmError::ConfigFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config = serde_json::from_str(&text).map_err(|source| VmmError::ConfigParse {
+            path: path.display().to_string(),
+            source,
+        })?;
+        timeline.mark(BootPhase::BootRequested);
+        let request = BootRequest {
+            config,
+            passed_fds: Vec::new(),
+        };
+        match builder::build(request, &env, events.clone(), timeline.clone()) {
+            Ok(handle) => {
+                *lock(&shared.vm) = Some(handle.clone());
+                vm = Some(handle);
+                confine_main_thread(filters.as_deref());
+            }
+            Err(error) => {
+                let message = crate::control::api::error_chain(&error);
+                tracing::error!(%message, "cannot boot the VM from the config file");
+                let record = finish(&options, None, ExitReason::VmmError { message }, &timeline)?;
+                return Ok(VmmExit { record, _vm: None });
+            }
+        }
+    }
+
+    let mut pending_stop: Option<PendingStop> = None;
+    let reason = loop {
+        let event = match &pending_stop {
+            Some(stop) => match inbox.recv_timeout(stop.deadline.saturating_duration_since(Instant::now())) {
+                Ok(event) => event,
+                Err(RecvTimeoutError::Timeout) => {
+                    break ExitReason::Stopped {
+                        mode: StopMode::GracefulTimedOut,
+                    };
+                }
+                Err(RecvTimeoutError::Disconnected) => unreachable!("main holds a sender"),
+            },
+            None => inbox.recv().expect("main holds a sender"),
+        };
+        match event {
+            VmmEvent::Boot(request, reply) => {
+                if vm.is_some() {
+                    let _ = reply.send(Err("a VM already runs in this VMM".into()));
+                    continue;
+                }
+                timeline.mark(BootPhase::BootRequested);
+                match builder::build(*request, &env, events.clone(), timeline.clone()) {
+                    Ok(handle) => {
+                        vm = Some(handle.clone());
+                        let _ = reply.send(Ok(handle));
+                        confine_main_thread(filters.as_deref());
+                    }
+                    Err(error) => {
+                        let message = crate::control::api::error_chain(&error);
+                        tracing::error!(%message, "boot request failed");
+                        let _ = reply.send(Err(message));
+                    }
+                }
+            }
+            VmmEvent::Stop(request) => match (&vm, request.mode) {
+                (Some(handle), StopMode::Graceful) if pending_stop.is_none() => {
+                    tracing::info!(timeout_ms = request.timeout_ms, "asking the guest to shut down");
+                    lock(&handle.i8042).send_ctrl_alt_del();
+                    pending_stop = Some(PendingStop {
+                        deadline: Instant::now() + Duration::from_millis(request.timeout_ms),
+                    });
+                }
+                (_, StopMode::Graceful) if pending_stop.is_some() => {}
+                _ => break ExitReason::Stopped { mode: StopMode::Forced },
+            },
+            VmmEvent::Guest(event) => {
+                let panic_line = vm
+                    .as_ref()
+                    .and_then(|h| lock(&h.console_watch).panic_line.clone());
+                let reason = guest_exit_reason(event, panic_line);
+                break match (reason, &pending_stop) {
+                    (ExitReason::GuestReboot | ExitReason::GuestPoweroff, Some(_)) => {
+                        ExitReason::Stopped { mode: StopMode::Graceful }
+                    }
+                    (reason, _) => reason,
+                };
+            }
+        }
+    };
+    shared.stopping.store(true, Ordering::SeqCst);
+    let record = finish(&options, vm.as_deref(), reason, &timeline)?;
+    Ok(VmmExit { record, _vm: vm })
+}
+
+/// What a guest event means, given the panic line the console may have shown.
+pub fn guest_exit_reason(event: GuestEvent, panic_line: Option<String>) -> ExitReason {
+    match (event, panic_line) {
+        (GuestEvent::Failed(message), _) => ExitReason::VmmError { message },
+        (GuestEvent::PowerOff, _) => ExitReason::GuestPoweroff,
+        (GuestEvent::Reset | GuestEvent::TripleFault | GuestEvent::CrashReported, Some(message)) => {
+            ExitReason::GuestPanic { message }
+        }
+        (GuestEvent::CrashReported, None) => ExitReason::GuestPanic {
+            message: "the guest reported a crash".into(),
+        },
+        (GuestEvent::Reset, None) => ExitReason::GuestReboot,
+        (GuestEvent::TripleFault, None) => ExitReason::TripleFault,
+    }
+}
+
+fn confine_main_thread(filters: Option<&Filters>) {
+    if let Err(error) = privileges::drop_thread_capabilities() {
+        tracing::warn!(%error, "main thread keeps its capabilities");
+    }
+    if let Some(filters) = filters {
+        seccomp::apply_or_exit(&filters.get(ThreadKind::Main), ThreadKind::Main);
+    }
+}
+
+/// Flushes the console, syncs drives, writes the exit record.
+fn finish(
+    options: &VmmOptions,
+    vm: Option<&VmHandle>,
+    reason: ExitReason,
+    timeline: &BootTimeline,
+) -> Result<ExitRecord, VmmError> {
+    let panic_line = vm.and_then(|h| lock(&h.console_watch).panic_line.clone());
+    if let Some(handle) = vm {
+        lock(&handle.console).flush();
+        for drive in &handle.drives {
+            lock(drive).sync();
+        }
+    }
+    let record = ExitRecord {
+        reason,
+        pid: std::process::id(),
+        unix_time_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        vmm_uptime_ms: timeline::since_start_us() / 1000,
+        guest_uptime_ms: timeline.guest_uptime_us().map(|us| us / 1000),
+        panic_line,
+    };
+    record.write(&options.exit_record)?;
+    if let Some(path) = &options.api_sock {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!(reason = ?record.reason, "VM ended");
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_on_the_console_turns_resets_into_panics() {
+        let line = Some("Kernel panic - not syncing: sysrq triggered crash".to_string());
+        assert_eq!(
+            guest_exit_reason(GuestEvent::Reset, line.clone()),
+            ExitReason::GuestPanic { message: line.clone().unwrap() }
+        );
+        assert_eq!(
+            guest_exit_reason(GuestEvent::TripleFault, line.clone()),
+            ExitReason::GuestPanic { message: line.unwrap() }
+        );
+        assert_eq!(guest_exit_reason(GuestEvent::Reset, None), ExitReason::GuestReboot);
+        assert_eq!(guest_exit_reason(GuestEvent::TripleFault, None), ExitReason::TripleFault);
+        assert_eq!(guest_exit_reason(GuestEvent::PowerOff, None), ExitReason::GuestPoweroff);
+        assert!(matches!(
+            guest_exit_reason(GuestEvent::Failed("x".into()), None),
+            ExitReason::VmmError { .. }
+        ));
+    }
+}

@@ -8,6 +8,9 @@ use crate::devices::bus::lock;
 
 /// The banner Linux prints when it panics.
 const PANIC_BANNER: &[u8] = b"Kernel panic - not syncing";
+/// What Linux prints when it powers off; without ACPI it then halts forever,
+/// so the VMM ends the VM on this line.
+const POWER_DOWN_BANNER: &[u8] = b"reboot: Power down";
 /// Longest line kept before it is written out without a newline.
 const MAX_LINE: usize = 1024;
 
@@ -28,6 +31,7 @@ pub struct ConsoleLog<W: Write> {
     out: W,
     line: Vec<u8>,
     watch: SharedConsoleWatch,
+    on_power_down: Option<Box<dyn Fn() + Send>>,
 }
 
 impl<W: Write> ConsoleLog<W> {
@@ -36,7 +40,14 @@ impl<W: Write> ConsoleLog<W> {
             out,
             line: Vec::with_capacity(256),
             watch,
+            on_power_down: None,
         }
+    }
+
+    /// Runs `f` when the guest prints its power-down line.
+    pub fn on_power_down(mut self, f: Box<dyn Fn() + Send>) -> Self {
+        self.on_power_down = Some(f);
+        self
     }
 
     /// Writes out the pending partial line (at VM exit).
@@ -50,7 +61,13 @@ impl<W: Write> ConsoleLog<W> {
     }
 
     fn end_line(&mut self) -> std::io::Result<()> {
-        if self.line.windows(PANIC_BANNER.len()).any(|w| w == PANIC_BANNER) {
+        let contains = |banner: &[u8]| self.line.windows(banner.len()).any(|w| w == banner);
+        if contains(POWER_DOWN_BANNER)
+            && let Some(f) = &self.on_power_down
+        {
+            f();
+        }
+        if contains(PANIC_BANNER) {
             let mut watch = lock(&self.watch);
             if watch.panic_line.is_none() {
                 let text = String::from_utf8_lossy(&self.line).trim().to_string();
@@ -115,6 +132,22 @@ mod tests {
         let mut log = ConsoleLog::new(Vec::new(), watch.clone());
         log.write_all(b"Kernel panic is a phrase\nnot syncing\n").unwrap();
         assert!(watch.lock().unwrap().panic_line.is_none());
+    }
+
+    #[test]
+    fn power_down_line_calls_back() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s2 = seen.clone();
+        let mut log = ConsoleLog::new(Vec::new(), SharedConsoleWatch::default()).on_power_down(
+            Box::new(move || {
+                s2.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        log.write_all(b"[    2.1] reboot: Restarting system\n").unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 0);
+        log.write_all(b"[    2.1] reboot: Power down\n").unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -1,0 +1,155 @@
+//! Line framing over a unix stream, with file descriptors (SCM_RIGHTS).
+//!
+//! File descriptors received with a line's bytes belong to the first line
+//! completed after they arrive: send them in the same `sendmsg` as the
+//! request line they go with, and do not pipeline another request in front.
+
+use std::io::{IoSlice, IoSliceMut, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+
+/// Longest accepted line (a boot request with many drives fits easily).
+pub const MAX_LINE: usize = 1 << 20;
+/// Most fds accepted with one message.
+pub const MAX_FDS: usize = 16;
+
+/// Why a line could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("socket I/O failed")]
+    Io(#[from] std::io::Error),
+    #[error("socket message I/O failed")]
+    Msg(#[from] nix::Error),
+    #[error("line longer than {MAX_LINE} bytes")]
+    LineTooLong,
+    #[error("line is not UTF-8")]
+    NotUtf8,
+}
+
+/// One end of a control connection.
+pub struct LineStream {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    pending_fds: Vec<OwnedFd>,
+}
+
+impl LineStream {
+    pub fn new(stream: UnixStream) -> Self {
+        Self {
+            stream,
+            buf: Vec::new(),
+            pending_fds: Vec::new(),
+        }
+    }
+
+    /// The next line (without its newline) and the fds that came with it;
+    /// `None` at end of stream.
+    pub fn read_line(&mut self) -> Result<Option<(String, Vec<OwnedFd>)>, WireError> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                let text = String::from_utf8(line[..line.len() - 1].to_vec())
+                    .map_err(|_| WireError::NotUtf8)?;
+                return Ok(Some((text, std::mem::take(&mut self.pending_fds))));
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(WireError::LineTooLong);
+            }
+            let mut chunk = [0u8; 4096];
+            let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+            let mut iov = [IoSliceMut::new(&mut chunk)];
+            let msg = recvmsg::<()>(
+                self.stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )?;
+            let n = msg.bytes;
+            for c in msg.cmsgs()? {
+                if let ControlMessageOwned::ScmRights(fds) = c {
+                    for fd in fds {
+                        // SAFETY: the kernel just installed `fd` in this
+                        // process for us (SCM_RIGHTS); nothing else owns it.
+                        self.pending_fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                    }
+                }
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Writes `line` and a newline, with `fds` attached to its first byte.
+    pub fn write_line(&mut self, line: &str, fds: &[BorrowedFd<'_>]) -> Result<(), WireError> {
+        let mut data = Vec::with_capacity(line.len() + 1);
+        data.extend_from_slice(line.as_bytes());
+        data.push(b'\n');
+        if fds.is_empty() {
+            self.stream.write_all(&data)?;
+            return Ok(());
+        }
+        let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let sent = sendmsg::<()>(
+            self.stream.as_raw_fd(),
+            &[IoSlice::new(&data)],
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::empty(),
+            None,
+        )?;
+        self.stream.write_all(&data[sent..])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn lines_and_fds_cross_a_socketpair() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut tx = LineStream::new(a);
+        let mut rx = LineStream::new(b);
+        let (mut pipe_r, pipe_w) = std::io::pipe().unwrap();
+        let w: OwnedFd = pipe_w.into();
+        tx.write_line(r#"{"op":"status"}"#, &[]).unwrap();
+        tx.write_line("second", &[w.as_fd()]).unwrap();
+        drop(w);
+        let (l1, f1) = rx.read_line().unwrap().unwrap();
+        assert_eq!(l1, r#"{"op":"status"}"#);
+        assert!(f1.is_empty());
+        let (l2, f2) = rx.read_line().unwrap().unwrap();
+        assert_eq!(l2, "second");
+        assert_eq!(f2.len(), 1);
+        // The received fd is the pipe's write end.
+        let mut file = std::fs::File::from(f2.into_iter().next().unwrap());
+        file.write_all(b"x").unwrap();
+        drop(file);
+        let mut got = String::new();
+        pipe_r.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "x");
+        drop(tx);
+        assert!(rx.read_line().unwrap().is_none());
+    }
+
+    #[test]
+    fn overlong_lines_are_refused() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let mut rx = LineStream::new(b);
+        std::thread::spawn(move || {
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..20 {
+                if a.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        assert!(matches!(rx.read_line(), Err(WireError::LineTooLong)));
+    }
+}
