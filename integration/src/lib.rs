@@ -5,3 +5,5 @@ pub mod cpio;
 pub mod disk;
 pub mod guest;
 pub mod qemu;
+pub mod registry;
+pub mod test_image;
