@@ -13,10 +13,11 @@ pub enum ControlRequest {
     /// Builds and starts the VM. Tap fds named by `TapSource::PassedFd` come
     /// with this line (SCM_RIGHTS, in the same `sendmsg`).
     Boot { config: VmConfig },
-    /// State, boot timeline, devices.
-    Status,
+    /// State, boot timeline, devices. (Empty struct variants, so that
+    /// unknown fields are refused as for every other request.)
+    Status {},
     /// Counters of vCPUs and devices, and the VMM's memory use.
-    Metrics,
+    Metrics {},
     /// Ends the VM. `graceful` injects Ctrl+Alt+Del and waits up to
     /// `timeout_ms` (default 5000) for the guest to reboot, then forces.
     Stop {
@@ -117,7 +118,7 @@ mod tests {
     #[test]
     fn requests_parse_from_their_documented_json() {
         let r: ControlRequest = serde_json::from_str(r#"{"op":"status"}"#).unwrap();
-        assert_eq!(r, ControlRequest::Status);
+        assert_eq!(r, ControlRequest::Status {});
         let r: ControlRequest =
             serde_json::from_str(r#"{"op":"stop","mode":"graceful","timeout_ms":100}"#).unwrap();
         assert_eq!(r, ControlRequest::Stop { mode: StopKind::Graceful, timeout_ms: Some(100) });

@@ -132,11 +132,11 @@ fn handle(
                 Err(_) => ControlResponse::error(ControlErrorKind::BootFailed, "the VMM is exiting"),
             }
         }
-        ControlRequest::Status => match lock(&shared.vm).clone() {
+        ControlRequest::Status {} => match lock(&shared.vm).clone() {
             Some(vm) => ControlResponse::ok(report::status(&vm, shared.stopping.load(Ordering::SeqCst))),
             None => ControlResponse::ok(report::waiting_status()),
         },
-        ControlRequest::Metrics => match running(shared) {
+        ControlRequest::Metrics {} => match running(shared) {
             Ok(vm) => ControlResponse::ok(report::metrics(&vm)),
             Err(response) => response,
         },

@@ -1,8 +1,10 @@
 //! Line framing over a unix stream, with file descriptors (SCM_RIGHTS).
 //!
-//! File descriptors received with a line's bytes belong to the first line
-//! completed after they arrive: send them in the same `sendmsg` as the
-//! request line they go with, and do not pipeline another request in front.
+//! File descriptors belong to the line they were sent with: send them in
+//! the same `sendmsg` as the request line (one line per such `sendmsg`).
+//! The kernel delivers them with the first bytes of that message and ends
+//! the read there, so the last byte of the read that brought them lies in
+//! their line.
 
 use std::io::{IoSlice, IoSliceMut, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -32,7 +34,10 @@ pub enum WireError {
 pub struct LineStream {
     stream: UnixStream,
     buf: Vec<u8>,
-    pending_fds: Vec<OwnedFd>,
+    /// Stream offset of `buf[0]`.
+    buf_offset: u64,
+    /// Received fds, keyed by the stream offset of a byte of their line.
+    pending_fds: Vec<(u64, OwnedFd)>,
 }
 
 impl LineStream {
@@ -40,6 +45,7 @@ impl LineStream {
         Self {
             stream,
             buf: Vec::new(),
+            buf_offset: 0,
             pending_fds: Vec::new(),
         }
     }
@@ -50,9 +56,16 @@ impl LineStream {
         loop {
             if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                let line_end = self.buf_offset + line.len() as u64;
+                self.buf_offset = line_end;
+                let (fds, later) = std::mem::take(&mut self.pending_fds)
+                    .into_iter()
+                    .partition(|(offset, _)| *offset < line_end);
+                self.pending_fds = later;
                 let text = String::from_utf8(line[..line.len() - 1].to_vec())
                     .map_err(|_| WireError::NotUtf8)?;
-                return Ok(Some((text, std::mem::take(&mut self.pending_fds))));
+                let fds = fds.into_iter().map(|(_, fd)| fd).collect();
+                return Ok(Some((text, fds)));
             }
             if self.buf.len() > MAX_LINE {
                 return Err(WireError::LineTooLong);
@@ -67,12 +80,13 @@ impl LineStream {
                 MsgFlags::MSG_CMSG_CLOEXEC,
             )?;
             let n = msg.bytes;
+            let last_byte = self.buf_offset + (self.buf.len() + n) as u64 - 1;
             for c in msg.cmsgs()? {
                 if let ControlMessageOwned::ScmRights(fds) = c {
                     for fd in fds {
                         // SAFETY: the kernel just installed `fd` in this
                         // process for us (SCM_RIGHTS); nothing else owns it.
-                        self.pending_fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                        self.pending_fds.push((last_byte, unsafe { OwnedFd::from_raw_fd(fd) }));
                     }
                 }
             }
