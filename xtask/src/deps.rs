@@ -12,16 +12,39 @@ use crate::util::run;
 
 /// Debian packages (bookworm, plus bookworm-backports where noted) and why.
 pub const PACKAGES: &[(&str, &str)] = &[
-    ("protobuf-compiler", "protoc, for the CRI and agent gRPC code"),
-    ("docker-registry", "a real OCI registry on loopback for tests and the dev node"),
+    (
+        "protobuf-compiler",
+        "protoc, for the CRI and agent gRPC code",
+    ),
+    (
+        "docker-registry",
+        "a real OCI registry on loopback for tests and the dev node",
+    ),
     ("skopeo", "copies test images into the local registry"),
-    ("erofs-utils", "mkfs.erofs: builds the read-only image filesystems"),
+    (
+        "erofs-utils",
+        "mkfs.erofs: builds the read-only image filesystems",
+    ),
     ("e2fsprogs", "mke2fs: scratch disks"),
-    ("qemu-system-x86", "the test VM (nested SVM under TCG) and the reference VMM"),
-    ("linux-image-amd64", "the test VM's kernel (has 9p, kvm_amd, virtio modules)"),
+    (
+        "qemu-system-x86",
+        "the test VM (nested SVM under TCG) and the reference VMM",
+    ),
+    (
+        "linux-image-amd64",
+        "the test VM's kernel (has 9p, kvm_amd, virtio modules)",
+    ),
     ("linux-source-6.1", "source of hull's guest kernel"),
-    ("busybox-static", "static userland for test images and the test VM"),
+    (
+        "busybox-static",
+        "static userland for test images and the test VM",
+    ),
     ("cpio", "packs initramfs archives"),
+    (
+        "libseccomp-dev",
+        "static libseccomp for the guest agent (libcontainer's seccomp)",
+    ),
+    ("pkg-config", "finds libseccomp for the agent build"),
     ("flex", "guest kernel build"),
     ("bison", "guest kernel build"),
     ("bc", "guest kernel build"),
@@ -30,7 +53,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("lz4", "guest kernel build (LZ4-compressed bzImage)"),
     ("zstd", "test images with zstd layers"),
     ("xz-utils", "guest kernel source archive"),
-    ("containernetworking-plugins", "CNI plugins for pod networking"),
+    (
+        "containernetworking-plugins",
+        "CNI plugins for pod networking",
+    ),
     ("iproute2", "network namespaces, tap devices"),
     ("containerd", "the baseline the benchmarks compare with"),
     ("systemd", "systemd-analyze verify for the unit file"),

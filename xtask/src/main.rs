@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod cache;
 mod deps;
+mod initramfs;
 mod kernel;
 mod test;
 mod testvm;
@@ -29,6 +30,8 @@ enum Command {
     Test(test::TestArgs),
     /// Build hull's guest kernel (cached) and print the path of its vmlinux.
     Kernel,
+    /// Build the static guest agent and its initramfs; print the archive's path.
+    Initramfs(initramfs::InitramfsArgs),
     /// Run a command on a host with a working KVM (natively, or in the test VM).
     VmRun(testvm::VmRunArgs),
     /// Stop a test VM started with `vm-run --detach`.
@@ -46,6 +49,7 @@ fn main() -> Result<()> {
         Command::Deps => deps::install(),
         Command::Test(args) => test::run_all(args),
         Command::Kernel => kernel::run_cli(),
+        Command::Initramfs(args) => initramfs::run_cli(args),
         Command::VmRun(args) => testvm::run_cli(args),
         Command::VmStop(args) => testvm::detach::stop_cli(args),
         Command::VmStatus(args) => testvm::detach::status_cli(args),
