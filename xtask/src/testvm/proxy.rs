@@ -161,11 +161,17 @@ fn pump(mut from: Box<dyn Duplex>, mut to: Box<dyn Duplex>) {
     let mut buffer = [0u8; 64 * 1024];
     loop {
         match from.read(&mut buffer) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => {
-                if to.write_all(&buffer[..n]).is_err() {
+                if let Err(err) = to.write_all(&buffer[..n]) {
+                    eprintln!("testvm-proxy: write failed, closing: {err}");
                     break;
                 }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                eprintln!("testvm-proxy: read failed, closing: {err}");
+                break;
             }
         }
     }
