@@ -30,7 +30,7 @@ pub(crate) fn collect(inner: &StoreInner) -> Result<GcStats, StoreError> {
     let unreferenced: Vec<String> = state
         .images
         .keys()
-        .filter(|id| !referenced.contains(*id) && !leases.contains_key(*id))
+        .filter(|id| !referenced.contains(*id) && !leased(&leases, &image_key(id)))
         .cloned()
         .collect();
     for id in unreferenced {
@@ -45,7 +45,7 @@ pub(crate) fn collect(inner: &StoreInner) -> Result<GcStats, StoreError> {
             .and_then(|n| n.to_str())
             .map(|hex| format!("sha256:{hex}"))
             .unwrap_or_default();
-        if !state.images.contains_key(&id) && !leased(&leases, &id) {
+        if !state.images.contains_key(&id) && !leased(&leases, &image_key(&id)) {
             let doomed = layout.tmp_path("gc-image");
             fs::rename(&path, &doomed).map_err(StoreError::io("remove", &path))?;
             remove_any(&doomed).map_err(StoreError::io("remove", &doomed))?;
@@ -82,6 +82,11 @@ pub(crate) fn collect(inner: &StoreInner) -> Result<GcStats, StoreError> {
     Ok(stats)
 }
 
+/// Lease key of an image (its id is also its config blob's digest).
+fn image_key(id: &str) -> String {
+    format!("image:{id}")
+}
+
 fn leased(leases: &MutexGuard<'_, std::collections::HashMap<String, usize>>, key: &str) -> bool {
     leases.contains_key(key)
 }
@@ -102,7 +107,12 @@ impl Lease {
         }
     }
 
-    /// Adds a digest (blob) or image id to the lease.
+    /// Adds an image (by id) to the lease.
+    pub fn add_image(&mut self, id: &str) {
+        self.add(&image_key(id));
+    }
+
+    /// Adds a blob (by digest) to the lease.
     pub fn add(&mut self, key: &str) {
         *self
             .inner

@@ -9,9 +9,10 @@
 //! serialized so the work is done once.
 
 use std::fs;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 use crate::config::PullAuth;
 use crate::convert::{self, BlobSource, Chunk, LayerJob};
@@ -26,7 +27,7 @@ use crate::store::{
     BlockImageFormat, IMAGE_RECORD, Image, ImageRecord, ImageStore, LayerRecord, ROOTFS_EROFS,
     RefRecord, StoreError, StoreInner, fsync_dir, remove_any, write_atomic,
 };
-use crate::unpack::Budget;
+use crate::unpack::{Budget, Entry};
 
 /// Layers fetched and unpacked at once.
 const PARALLEL_LAYERS: usize = 4;
@@ -138,6 +139,9 @@ impl ImageStore {
         }
 
         let image_id = config_digest.to_string();
+        // Keeps the image from garbage collection until its names are written.
+        let mut image_lease = Lease::new(Arc::clone(&self.inner));
+        image_lease.add_image(&image_id);
         if self
             .inner
             .state
@@ -172,9 +176,17 @@ impl ImageStore {
             };
             drop(turn);
             self.release_flight_lock(&format!("image:{image_id}"), lock);
-            result?;
+            if let Err(err) = result {
+                // Blobs this pull stored belong to no image: delete them now
+                // (its lease is gone), so a refused image leaves nothing.
+                if let Err(gc_err) = crate::gc::collect(&self.inner) {
+                    tracing::warn!(error = %gc_err, "cannot collect the blobs of a failed pull");
+                }
+                return Err(err);
+            }
         }
         self.commit_refs(image_ref, &image_id, &top_digest)?;
+        drop(image_lease);
         self.get(&image_id)
             .ok_or_else(|| ImageError::PullAborted { reference })
     }
@@ -325,21 +337,49 @@ impl ImageStore {
             inner.limits.max_entries,
         ));
 
-        let layers: Vec<_> =
-            futures::stream::iter(jobs.iter().cloned())
-                .map(|(job, urls, media_type)| {
-                    let client = Arc::clone(client);
-                    let data = Arc::clone(&data);
-                    let budget = Arc::clone(&budget);
-                    let inner = Arc::clone(inner);
-                    async move {
-                        unpack_one(&inner, &client, job, urls, &media_type, data, budget).await
+        // Every layer task runs to its end, even after one fails (the others
+        // are told to stop early): a blob must never be renamed into the
+        // store after the failed pull has cleaned up.
+        let cancel = Arc::new(AtomicBool::new(false));
+        let first_error: Arc<Mutex<Option<ImageError>>> = Arc::new(Mutex::new(None));
+        let results: Vec<Option<Vec<Entry>>> = futures::stream::iter(jobs.iter().cloned())
+            .map(|(job, urls, media_type)| {
+                let client = Arc::clone(client);
+                let data = Arc::clone(&data);
+                let budget = Arc::clone(&budget);
+                let inner = Arc::clone(inner);
+                let cancel = Arc::clone(&cancel);
+                let first_error = Arc::clone(&first_error);
+                async move {
+                    if cancel.load(Ordering::Acquire) {
+                        return None;
                     }
-                })
-                .buffered(PARALLEL_LAYERS)
-                .try_collect()
-                .await?;
-
+                    let layer = LayerFetch {
+                        inner: &inner,
+                        client: &client,
+                        cancel: &cancel,
+                    };
+                    match layer.unpack(job, urls, &media_type, data, budget).await {
+                        Ok(entries) => Some(entries),
+                        Err(err) => {
+                            if !cancel.swap(true, Ordering::AcqRel) {
+                                *first_error.lock().expect("error slot") = Some(err);
+                            }
+                            None
+                        }
+                    }
+                }
+            })
+            .buffered(PARALLEL_LAYERS)
+            .collect()
+            .await;
+        if let Some(err) = first_error.lock().expect("error slot").take() {
+            return Err(err);
+        }
+        let layers: Vec<Vec<Entry>> = results
+            .into_iter()
+            .map(|entries| entries.expect("without an error every layer is unpacked"))
+            .collect();
         let digests: Vec<Digest> = jobs.iter().map(|(job, _, _)| job.digest.clone()).collect();
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&hex::decode(&config_digest.hex()[..32]).expect("digests are hex"));
@@ -480,53 +520,72 @@ async fn fetch_json_blob(
     Ok(body.into())
 }
 
-/// Fetches (unless stored) and unpacks one layer.
-async fn unpack_one(
-    inner: &Arc<StoreInner>,
-    client: &RegistryClient,
-    job: LayerJob,
-    urls: Option<Vec<String>>,
-    media_type: &str,
-    data: Arc<DataArea>,
-    budget: Arc<Budget>,
-) -> Result<Vec<crate::unpack::Entry>, ImageError> {
-    let blob_path = inner.layout.blob(&job.digest);
-    if blob_path.exists() {
-        tracing::debug!(layer = %job.digest, "layer blob already stored");
-        return tokio::task::spawn_blocking(move || {
-            convert::unpack_layer(&job, BlobSource::Stored(blob_path), &data, &budget)
-        })
-        .await
-        .map_err(|_| ImageError::PullAborted {
-            reference: String::new(),
-        })?;
-    }
-    let mut stream = client
-        .blob_stream(&job.digest, job.size, media_type, urls)
-        .await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(CHUNK_BUFFER);
-    let source = BlobSource::Streamed {
-        chunks: rx,
-        tmp: inner.layout.tmp_path("layer"),
-        blob: blob_path,
-    };
-    let reference = job.reference.clone();
-    let worker =
-        tokio::task::spawn_blocking(move || convert::unpack_layer(&job, source, &data, &budget));
-    while let Some(item) = stream.next().await {
-        let message = match item {
-            Ok(bytes) => Chunk::Data(bytes),
-            Err(err) => Chunk::Failed(err),
+/// Fetches (unless stored) and unpacks one layer, stopping early when
+/// another layer of the pull failed.
+struct LayerFetch<'a> {
+    inner: &'a Arc<StoreInner>,
+    client: &'a RegistryClient,
+    cancel: &'a AtomicBool,
+}
+
+impl LayerFetch<'_> {
+    async fn unpack(
+        &self,
+        job: LayerJob,
+        urls: Option<Vec<String>>,
+        media_type: &str,
+        data: Arc<DataArea>,
+        budget: Arc<Budget>,
+    ) -> Result<Vec<Entry>, ImageError> {
+        let reference = job.reference.clone();
+        let aborted = || ImageError::PullAborted {
+            reference: reference.clone(),
         };
-        let failed = matches!(message, Chunk::Failed(_));
-        if tx.send(message).await.is_err() || failed {
-            // The unpacker stopped (it reports why) or the download failed.
-            break;
+        let blob_path = self.inner.layout.blob(&job.digest);
+        if blob_path.exists() {
+            tracing::debug!(layer = %job.digest, "layer blob already stored");
+            return tokio::task::spawn_blocking(move || {
+                convert::unpack_layer(&job, BlobSource::Stored(blob_path), &data, &budget)
+            })
+            .await
+            .map_err(|_| aborted())?;
         }
+        let mut stream = self
+            .client
+            .blob_stream(&job.digest, job.size, media_type, urls)
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(CHUNK_BUFFER);
+        let source = BlobSource::Streamed {
+            chunks: rx,
+            tmp: self.inner.layout.tmp_path("layer"),
+            blob: blob_path,
+        };
+        let worker = tokio::task::spawn_blocking(move || {
+            convert::unpack_layer(&job, source, &data, &budget)
+        });
+        let mut complete = true;
+        while let Some(item) = stream.next().await {
+            if self.cancel.load(Ordering::Acquire) {
+                complete = false;
+                break;
+            }
+            let message = match item {
+                Ok(bytes) => Chunk::Data(bytes),
+                Err(err) => Chunk::Failed(err),
+            };
+            let failed = matches!(message, Chunk::Failed(_));
+            if tx.send(message).await.is_err() || failed {
+                // The unpacker stopped (it reports why) or the download failed.
+                complete = false;
+                break;
+            }
+        }
+        if complete {
+            let _ = tx.send(Chunk::End).await;
+        }
+        // Dropping the sender without `End` makes the unpacker stop and
+        // delete its temporary blob.
+        drop(tx);
+        worker.await.map_err(|_| aborted())?
     }
-    let _ = tx.send(Chunk::End).await;
-    drop(tx);
-    worker
-        .await
-        .map_err(|_| ImageError::PullAborted { reference })?
 }

@@ -7,7 +7,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
 use anyhow::Result;
 use hull_integration::registry::TestRegistry;
-use hull_integration::test_image::{self, Compression, Format, ImageSpec, Layer, Pusher, build_index};
+use hull_integration::test_image::{
+    self, Compression, Format, ImageSpec, Layer, Pusher, build_index,
+};
 use image_service::{ErrorKind, ImageStore, RegistryConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,7 +22,10 @@ async fn busybox_pulls_converts_and_extracts_with_fsck_erofs() -> Result<()> {
     let reference = format!("{}/busybox:latest", registry.host());
     let image = store.pull(&reference, None).await?;
     assert_eq!(image.repo_tags, vec![reference.clone()]);
-    assert_eq!(image.repo_digests, vec![format!("{}/busybox@{digest}", registry.host())]);
+    assert_eq!(
+        image.repo_digests,
+        vec![format!("{}/busybox@{digest}", registry.host())]
+    );
     assert!(image.block_image.is_file());
     assert_eq!(image.config["config"]["Cmd"][0], "sh");
 
@@ -28,15 +33,33 @@ async fn busybox_pulls_converts_and_extracts_with_fsck_erofs() -> Result<()> {
     let tree = common::fsck_and_extract(&image.block_image, out.path())?;
     let busybox = std::fs::read(tree.join("bin/busybox"))?;
     assert_eq!(busybox, std::fs::read(test_image::BUSYBOX)?);
-    assert_eq!(std::fs::metadata(tree.join("bin/busybox"))?.permissions().mode() & 0o7777, 0o755);
-    assert_eq!(std::fs::read_link(tree.join("bin/sh"))?.to_str(), Some("/bin/busybox"));
-    assert_eq!(std::fs::metadata(tree.join("tmp"))?.permissions().mode() & 0o7777, 0o1777);
+    assert_eq!(
+        std::fs::metadata(tree.join("bin/busybox"))?
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o755
+    );
+    assert_eq!(
+        std::fs::read_link(tree.join("bin/sh"))?.to_str(),
+        Some("/bin/busybox")
+    );
+    assert_eq!(
+        std::fs::metadata(tree.join("tmp"))?.permissions().mode() & 0o7777,
+        0o1777
+    );
     assert!(common::tmp_leftovers(root.path())?.is_empty());
 
     // Lookups by every name the CRI uses.
     assert_eq!(store.get(&reference).map(|i| i.id), Some(image.id.clone()));
-    assert_eq!(store.get(&image.id[7..19]).map(|i| i.id), Some(image.id.clone()));
-    assert_eq!(store.get(&image.repo_digests[0]).map(|i| i.id), Some(image.id.clone()));
+    assert_eq!(
+        store.get(&image.id[7..19]).map(|i| i.id),
+        Some(image.id.clone())
+    );
+    assert_eq!(
+        store.get(&image.repo_digests[0]).map(|i| i.id),
+        Some(image.id.clone())
+    );
     assert_eq!(store.list().len(), 1);
     Ok(())
 }
@@ -63,16 +86,29 @@ async fn layers_merge_with_whiteouts_opaque_dirs_links_xattrs_and_owners() -> Re
         .opaque("var/cache")
         .file("var/cache/new", b"new\n", 0o644)
         .file("bin/tool", b"#!/bin/sh\necho tool\n", 0o4755)
-        .xattr("security.capability", [1u8, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        .xattr(
+            "security.capability",
+            [
+                1u8, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+        )
         .xattr("user.origin", b"hull-test")
         .hardlink("bin/tool-link", "bin/tool")
         .symlink("etc/current", "keep");
-    let image = ImageSpec::new().layer(base).layer(top).user("1000:1000").build()?;
-    Pusher::new(&registry).push_image("test/multi:v1", &image).await?;
+    let image = ImageSpec::new()
+        .layer(base)
+        .layer(top)
+        .user("1000:1000")
+        .build()?;
+    Pusher::new(&registry)
+        .push_image("test/multi:v1", &image)
+        .await?;
 
     let root = tempfile::tempdir()?;
     let store = ImageStore::open(root.path(), RegistryConfig::default())?;
-    let pulled = store.pull(&format!("{}/test/multi:v1", registry.host()), None).await?;
+    let pulled = store
+        .pull(&format!("{}/test/multi:v1", registry.host()), None)
+        .await?;
     assert_eq!(pulled.id, image.id());
     assert_eq!(pulled.user, "1000:1000");
     let layer_bytes: u64 = image.layers.iter().map(|l| l.data.len() as u64).sum();
@@ -83,13 +119,22 @@ async fn layers_merge_with_whiteouts_opaque_dirs_links_xattrs_and_owners() -> Re
     let files = common::list_tree(&tree)?;
     assert!(!files.contains(&"etc/remove-me".to_string()), "{files:?}");
     assert!(files.contains(&"etc/keep".to_string()));
-    let cache: Vec<_> = files.iter().filter(|f| f.starts_with("var/cache/")).collect();
+    let cache: Vec<_> = files
+        .iter()
+        .filter(|f| f.starts_with("var/cache/"))
+        .collect();
     assert_eq!(cache, ["var/cache/new"]);
     let data = std::fs::metadata(tree.join("home/user/data"))?;
-    assert_eq!((data.uid(), data.gid(), data.mode() & 0o7777, data.len()), (1000, 100, 0o640, 100_000));
+    assert_eq!(
+        (data.uid(), data.gid(), data.mode() & 0o7777, data.len()),
+        (1000, 100, 0o640, 100_000)
+    );
     let home = std::fs::metadata(tree.join("home/user"))?;
     assert_eq!((home.uid(), home.mode() & 0o7777), (1000, 0o700));
-    assert_eq!(std::fs::read_link(tree.join("etc/current"))?.to_str(), Some("keep"));
+    assert_eq!(
+        std::fs::read_link(tree.join("etc/current"))?.to_str(),
+        Some("keep")
+    );
 
     // What extraction cannot show (setuid, xattrs, hard links, device
     // numbers), the kernel shows: mount the image read-only.
@@ -98,13 +143,26 @@ async fn layers_merge_with_whiteouts_opaque_dirs_links_xattrs_and_owners() -> Re
     let tool = std::fs::metadata(m.join("bin/tool"))?;
     assert_eq!(tool.mode() & 0o7777, 0o4755);
     assert_eq!(tool.nlink(), 2);
-    assert_eq!(std::fs::metadata(m.join("bin/tool-link"))?.ino(), tool.ino());
-    assert_eq!(common::xattr(&m.join("bin/tool"), "user.origin")?, b"hull-test");
-    assert_eq!(common::xattr(&m.join("bin/tool"), "security.capability")?.len(), 20);
+    assert_eq!(
+        std::fs::metadata(m.join("bin/tool-link"))?.ino(),
+        tool.ino()
+    );
+    assert_eq!(
+        common::xattr(&m.join("bin/tool"), "user.origin")?,
+        b"hull-test"
+    );
+    assert_eq!(
+        common::xattr(&m.join("bin/tool"), "security.capability")?.len(),
+        20
+    );
     let null = std::fs::symlink_metadata(m.join("dev-null"))?;
     assert!(null.file_type().is_char_device());
     assert_eq!(common::dev_major_minor(null.rdev()), (1, 3));
-    assert!(std::fs::symlink_metadata(m.join("pipe"))?.file_type().is_fifo());
+    assert!(
+        std::fs::symlink_metadata(m.join("pipe"))?
+            .file_type()
+            .is_fifo()
+    );
     assert_eq!(std::fs::read(m.join("home/user/data"))?, vec![7u8; 100_000]);
     assert!(!m.join("etc/remove-me").exists());
     Ok(())
@@ -121,7 +179,9 @@ async fn oci_index_picks_linux_amd64_listed_after_arm64() -> Result<()> {
         .layer(Layer::new().file("arch", b"amd64\n", 0o644))
         .build()?;
     let index = build_index(vec![arm, amd.clone()], Format::Oci);
-    let index_digest = Pusher::new(&registry).push_index("multi/arch:1", &index).await?;
+    let index_digest = Pusher::new(&registry)
+        .push_index("multi/arch:1", &index)
+        .await?;
 
     let root = tempfile::tempdir()?;
     let store = ImageStore::open(root.path(), RegistryConfig::default())?;
@@ -129,17 +189,27 @@ async fn oci_index_picks_linux_amd64_listed_after_arm64() -> Result<()> {
     let image = store.pull(&reference, None).await?;
     assert_eq!(image.id, amd.id());
     // containerd reports the digest the tag resolved to: the index's.
-    assert_eq!(image.repo_digests, vec![format!("{}/multi/arch@{index_digest}", registry.host())]);
+    assert_eq!(
+        image.repo_digests,
+        vec![format!("{}/multi/arch@{index_digest}", registry.host())]
+    );
     let out = tempfile::tempdir()?;
     let tree = common::fsck_and_extract(&image.block_image, out.path())?;
     assert_eq!(std::fs::read_to_string(tree.join("arch"))?, "amd64\n");
 
     // An index without linux/amd64 is refused with the platforms it offers.
     let arm_only = build_index(
-        vec![ImageSpec::new().platform("linux", "arm64").layer(Layer::new().file("x", b"", 0o644)).build()?],
+        vec![
+            ImageSpec::new()
+                .platform("linux", "arm64")
+                .layer(Layer::new().file("x", b"", 0o644))
+                .build()?,
+        ],
         Format::Oci,
     );
-    Pusher::new(&registry).push_index("multi/armonly:1", &arm_only).await?;
+    Pusher::new(&registry)
+        .push_index("multi/armonly:1", &arm_only)
+        .await?;
     let err = store
         .pull(&format!("{}/multi/armonly:1", registry.host()), None)
         .await
@@ -154,13 +224,21 @@ async fn docker_schema2_image_with_uncompressed_and_gzip_layers() -> Result<()> 
     let registry = TestRegistry::start()?;
     let image = ImageSpec::new()
         .format(Format::Docker)
-        .layer(Layer::new().compression(Compression::None).file("plain", b"tar\n", 0o644))
+        .layer(
+            Layer::new()
+                .compression(Compression::None)
+                .file("plain", b"tar\n", 0o644),
+        )
         .layer(Layer::new().file("gz", b"gzip\n", 0o644))
         .build()?;
-    Pusher::new(&registry).push_image("docker/image:v2", &image).await?;
+    Pusher::new(&registry)
+        .push_image("docker/image:v2", &image)
+        .await?;
     let root = tempfile::tempdir()?;
     let store = ImageStore::open(root.path(), RegistryConfig::default())?;
-    let pulled = store.pull(&format!("{}/docker/image:v2", registry.host()), None).await?;
+    let pulled = store
+        .pull(&format!("{}/docker/image:v2", registry.host()), None)
+        .await?;
     let out = tempfile::tempdir()?;
     let tree = common::fsck_and_extract(&pulled.block_image, out.path())?;
     assert_eq!(std::fs::read_to_string(tree.join("plain"))?, "tar\n");
@@ -178,11 +256,17 @@ async fn missing_image_and_bad_reference_have_their_own_kinds() -> Result<()> {
         .await
         .expect_err("not pushed");
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
-    let err = store.pull("Not A Reference", None).await.expect_err("invalid");
+    let err = store
+        .pull("Not A Reference", None)
+        .await
+        .expect_err("invalid");
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     // A port nothing listens on.
     let port = hull_integration::registry::free_port()?;
-    let err = store.pull(&format!("127.0.0.1:{port}/x:1"), None).await.expect_err("unreachable");
+    let err = store
+        .pull(&format!("127.0.0.1:{port}/x:1"), None)
+        .await
+        .expect_err("unreachable");
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     Ok(())
 }

@@ -59,6 +59,8 @@ pub struct RegistryOptions {
     pub auth: Option<(String, String)>,
     /// Keep blobs here (survives the registry) instead of in the temp folder.
     pub storage: Option<PathBuf>,
+    /// Log every request (see [`TestRegistry::requests`]).
+    pub access_log: bool,
 }
 
 /// A running `docker-registry`.
@@ -104,9 +106,10 @@ impl TestRegistry {
         fs::create_dir_all(&storage).map_err(io_err("create the registry storage"))?;
         let mut config = format!(
             "version: 0.1\n\
-             log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+             log:\n  level: warn\n  accesslog:\n    disabled: {}\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
              http:\n  addr: {addr}\n",
+            !options.access_log,
             storage.display()
         );
         if let Some((user, password)) = &options.auth {
@@ -182,6 +185,22 @@ impl TestRegistry {
     /// The registry's own folder (config, log, storage unless moved).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The registry's output so far (its access log lines when
+    /// [`RegistryOptions::access_log`] is set).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// How many logged requests were `method` on a path containing `path_part`
+    /// (needs [`RegistryOptions::access_log`]).
+    pub fn requests(&self, method: &str, path_part: &str) -> usize {
+        let needle = format!("\"{method} ");
+        self.log()
+            .lines()
+            .filter(|line| line.contains(&needle) && line.contains(path_part))
+            .count()
     }
 
     /// The pid of the registry process.
