@@ -86,7 +86,6 @@ fn build_static_agent() -> Result<PathBuf> {
         .args([
             "build",
             "--release",
-            "--locked",
             "-p",
             "hull-agent",
             "--target",
