@@ -23,6 +23,7 @@ use crate::devices::legacy::serial::SerialConsole;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioMetrics, MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::host_check;
 use crate::seccomp::{self, SeccompError, ThreadKind};
@@ -310,6 +311,12 @@ pub fn build(
         let block = Arc::new(Mutex::new(block));
         mmio.attach(&drive.id, "block", block.clone(), metrics)?;
         drives.push(block);
+    }
+    if let Some(vsock) = &config.vsock {
+        let device = Vsock::new(vsock.guest_cid, &vsock.uds_path)
+            .map_err(|source| BuildError::Device { what: "vsock", source })?;
+        let metrics = metrics_json(device.metrics());
+        mmio.attach("vsock", "vsock", Arc::new(Mutex::new(device)), metrics)?;
     }
     let _ = passed_fds;
     if config.rng {

@@ -10,7 +10,7 @@ pub mod interrupt;
 pub mod mmio;
 // pub mod net;
 pub mod rng;
-// pub mod vsock;
+pub mod vsock;
 
 use std::sync::Arc;
 
