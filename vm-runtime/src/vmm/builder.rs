@@ -12,7 +12,7 @@ use kvm_ioctls::IoEventAddress;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::config::{ConfigError, VmConfig, BASE_CMDLINE};
+use super::config::{BASE_CMDLINE, ConfigError, TapSource, VmConfig, parse_mac};
 use super::events::{EventSender, GuestEvent, VmmEvent};
 use super::timeline::{BootPhase, BootTimeline};
 use crate::devices::bus::{Bus, BusError};
@@ -22,6 +22,7 @@ use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::SerialConsole;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioMetrics, MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::net::{Net, Tap, TapError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
@@ -76,6 +77,12 @@ pub enum BuildError {
     },
     #[error("cannot set up the {what} device: {message}")]
     DeviceConfig { what: &'static str, message: String },
+    #[error("cannot use the tap of network interface {id}")]
+    Tap {
+        id: String,
+        #[source]
+        source: TapError,
+    },
     #[error("cannot wire device interrupts or notifications in KVM")]
     Wiring(#[source] kvm_ioctls::Error),
     #[error("device address conflict")]
@@ -318,7 +325,29 @@ pub fn build(
         let metrics = metrics_json(device.metrics());
         mmio.attach("vsock", "vsock", Arc::new(Mutex::new(device)), metrics)?;
     }
-    let _ = passed_fds;
+    let mut passed_fds: Vec<Option<OwnedFd>> = passed_fds.into_iter().map(Some).collect();
+    for net in &config.net {
+        let tap = match &net.tap {
+            TapSource::Name(name) => Tap::open_named(name),
+            TapSource::PassedFd(index) => {
+                let fd = passed_fds.get_mut(*index).and_then(Option::take).ok_or_else(|| {
+                    BuildError::DeviceConfig {
+                        what: "net",
+                        message: format!("no file descriptor {index} was passed with the boot request"),
+                    }
+                })?;
+                Tap::from_fd(fd)
+            }
+        }
+        .map_err(|source| BuildError::Tap { id: net.id.clone(), source })?;
+        let mac = match &net.mac {
+            Some(mac) => parse_mac(mac)?,
+            None => random_mac(),
+        };
+        let device = Net::new(&net.id, tap, mac).map_err(|source| BuildError::Device { what: "net", source })?;
+        let metrics = metrics_json(device.metrics());
+        mmio.attach(&net.id, "net", Arc::new(Mutex::new(device)), metrics)?;
+    }
     if config.rng {
         let rng = Rng::new().map_err(|source| BuildError::Device { what: "rng", source })?;
         let metrics = metrics_json(rng.metrics());
@@ -422,6 +451,18 @@ pub fn build(
         _vm: vm,
         _mem: mem,
     }))
+}
+
+/// A random locally administered unicast MAC address.
+fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most `mac.len()` bytes into `mac`.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        mac = [0, 0, 0, 0, 0, (std::process::id() & 0xff) as u8];
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
 }
 
 fn drop_capabilities(thread: &'static str) {

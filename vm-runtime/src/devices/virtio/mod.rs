@@ -8,7 +8,7 @@
 pub mod block;
 pub mod interrupt;
 pub mod mmio;
-// pub mod net;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 
