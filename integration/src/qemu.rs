@@ -198,6 +198,11 @@ impl RunningVm {
         &self.console
     }
 
+    /// QEMU's process id (e.g. to read its memory use from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until the console contains `needle`; returns the time since
     /// QEMU was started.
     pub fn wait_for_console(
