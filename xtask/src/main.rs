@@ -7,6 +7,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cache;
 mod deps;
 mod initramfs;
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Install the Debian packages hull's build, tests and dev node need.
     Deps,
+    /// Run a benchmark against its baseline: image-pull.
+    Bench(bench::BenchArgs),
     /// Run the whole test suite: lints, unit and integration tests, VM tests.
     Test(test::TestArgs),
     /// Build hull's guest kernel (cached) and print the path of its vmlinux.
@@ -47,6 +50,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Deps => deps::install(),
+        Command::Bench(args) => bench::run_cli(args),
         Command::Test(args) => test::run_all(args),
         Command::Kernel => kernel::run_cli(),
         Command::Initramfs(args) => initramfs::run_cli(args),

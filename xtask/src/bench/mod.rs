@@ -1,0 +1,57 @@
+//! `cargo xtask bench NAME`: benchmarks that compare hull with a baseline on
+//! this machine and end with one `RESULT <name> key=value…` line.
+//!
+//! Timings are measured here, never asserted in tests. Each benchmark runs
+//! a few times from cold state (fresh roots) and reports the median.
+
+mod image_pull;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+/// Arguments of `cargo xtask bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Which benchmark: image-pull.
+    name: String,
+    /// Runs per side; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Approximate uncompressed size of the test image (image-pull).
+    #[arg(long, default_value_t = 100)]
+    megabytes: usize,
+}
+
+/// Runs the benchmark `args.name`.
+pub fn run_cli(args: BenchArgs) -> Result<()> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    match args.name.as_str() {
+        "image-pull" => image_pull::run(args.runs, args.megabytes),
+        other => bail!("unknown benchmark {other:?}; known: image-pull"),
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
