@@ -69,10 +69,12 @@ pub fn leave_initramfs() -> Result<(), Pid1Error> {
         target: NEW_ROOT,
         source,
     })?;
-    let exe = std::env::current_exe().map_err(Pid1Error::CopySelf)?;
-    std::fs::copy(&exe, Path::new(NEW_ROOT).join("init")).map_err(Pid1Error::CopySelf)?;
+    // /proc is not mounted yet, so /proc/self/exe cannot name the binary;
+    // the kernel ran it as /init.
+    let exe = Path::new("/init");
+    std::fs::copy(exe, Path::new(NEW_ROOT).join("init")).map_err(Pid1Error::CopySelf)?;
     // Free the initramfs copy; the running image stays mapped until exit.
-    let _ = std::fs::remove_file(&exe);
+    let _ = std::fs::remove_file(exe);
     nix::unistd::chdir(NEW_ROOT).map_err(|source| Pid1Error::SwitchRoot {
         step: "chdir",
         source,
