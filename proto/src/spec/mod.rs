@@ -431,7 +431,6 @@ pub fn build(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
                 "permitted": caps,
             },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1_048_576, "soft": 1_048_576}],
-            "noNewPrivileges": input.no_new_privileges,
         },
         // The agent replaces the path with the container's overlay.
         "root": {"path": "rootfs", "readonly": input.readonly_rootfs},
@@ -439,6 +438,14 @@ pub fn build(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
         "annotations": input.annotations,
         "linux": linux,
     });
+    let mut spec = spec;
+    // Only `true` is written: libcontainer 0.7 loads the seccomp filter
+    // before dropping capabilities only when the key is absent; an explicit
+    // `false` makes it load the filter after the drop, without
+    // no_new_privs, which the kernel refuses (EACCES).
+    if input.no_new_privileges {
+        spec["process"]["noNewPrivileges"] = Value::Bool(true);
+    }
     serde_json::from_value(spec).map_err(SpecError::Schema)
 }
 
@@ -462,6 +469,7 @@ mod tests {
     fn builds_a_containerd_like_default_spec() {
         let spec = build(&input()).unwrap();
         let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.no_new_privileges(), None, "false is left out");
         assert_eq!(process.args().as_ref().unwrap()[2], "echo hi");
         assert_eq!(process.cwd().to_str(), Some("/"));
         assert_eq!(process.user().uid(), 0);
