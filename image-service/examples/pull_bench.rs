@@ -37,9 +37,35 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 /// Deterministic text-like bytes (compress about 3-4x with gzip).
 fn text(len: usize, seed: u64) -> Vec<u8> {
     const WORDS: &[&str] = &[
-        "pod", "sandbox", "kernel", "virtio", "block", "layer", "image", "registry", "digest",
-        "container", "runtime", "kubelet", "erofs", "manifest", "config", "the", "a", "of", "to",
-        "and", "in", "node", "vm", "guest", "agent", "socket", "stream", "network", "volume",
+        "pod",
+        "sandbox",
+        "kernel",
+        "virtio",
+        "block",
+        "layer",
+        "image",
+        "registry",
+        "digest",
+        "container",
+        "runtime",
+        "kubelet",
+        "erofs",
+        "manifest",
+        "config",
+        "the",
+        "a",
+        "of",
+        "to",
+        "and",
+        "in",
+        "node",
+        "vm",
+        "guest",
+        "agent",
+        "socket",
+        "stream",
+        "network",
+        "volume",
     ];
     let mut out = Vec::with_capacity(len + 16);
     let mut x = seed | 1;
@@ -48,8 +74,8 @@ fn text(len: usize, seed: u64) -> Vec<u8> {
         x ^= x >> 7;
         x ^= x << 17;
         out.extend_from_slice(WORDS[(x % WORDS.len() as u64) as usize].as_bytes());
-        out.push(if x % 11 == 0 { b'\n' } else { b' ' });
-        if x % 97 == 0 {
+        out.push(if x.is_multiple_of(11) { b'\n' } else { b' ' });
+        if x.is_multiple_of(97) {
             out.extend_from_slice(format!("{x:x}").as_bytes());
         }
     }
@@ -62,24 +88,43 @@ fn bench_image(megabytes: usize) -> Result<ImageSpec> {
     // Five layers: a text-heavy base of many small files, two incompressible
     // layers of big files, a layer of medium text files, a small top layer.
     let share = |part: usize| megabytes * mb * part / 100;
-    let mut base = Layer::new().dir("usr", 0o755).dir("usr/share", 0o755).dir("usr/share/doc", 0o755);
+    let mut base = Layer::new()
+        .dir("usr", 0o755)
+        .dir("usr/share", 0o755)
+        .dir("usr/share/doc", 0o755);
     let base_bytes = share(25);
     let small = 8 << 10;
     for i in 0..base_bytes / small {
-        base = base.file(format!("usr/share/doc/file{i:05}.txt"), text(small, i as u64 + 1), 0o644);
+        base = base.file(
+            format!("usr/share/doc/file{i:05}.txt"),
+            text(small, i as u64 + 1),
+            0o644,
+        );
     }
     let mut blobs1 = Layer::new().dir("opt", 0o755);
     for i in 0..6 {
-        blobs1 = blobs1.file(format!("opt/blob{i}.bin"), noise(share(30) / 6, 100 + i), 0o644);
+        blobs1 = blobs1.file(
+            format!("opt/blob{i}.bin"),
+            noise(share(30) / 6, 100 + i),
+            0o644,
+        );
     }
     let mut blobs2 = Layer::new().dir("var/lib/data", 0o755);
     for i in 0..4 {
-        blobs2 = blobs2.file(format!("var/lib/data/part{i}.bin"), noise(share(25) / 4, 200 + i), 0o644);
+        blobs2 = blobs2.file(
+            format!("var/lib/data/part{i}.bin"),
+            noise(share(25) / 4, 200 + i),
+            0o644,
+        );
     }
     let mut medium = Layer::new().dir("srv", 0o755);
     let medium_size = 256 << 10;
     for i in 0..share(19) / medium_size {
-        medium = medium.file(format!("srv/page{i:04}.html"), text(medium_size, 300 + i as u64), 0o644);
+        medium = medium.file(
+            format!("srv/page{i:04}.html"),
+            text(medium_size, 300 + i as u64),
+            0o644,
+        );
     }
     let top = Layer::new()
         .dir("etc", 0o755)
@@ -104,7 +149,9 @@ async fn main() -> Result<()> {
             let megabytes: usize = arg(&args, "--megabytes")?.parse().context("--megabytes")?;
             let image = bench_image(megabytes)?.build()?;
             let layer_bytes: usize = image.layers.iter().map(|l| l.data.len()).sum();
-            let digest = Pusher::for_url(&registry, None).push_image(&reference, &image).await?;
+            let digest = Pusher::for_url(&registry, None)
+                .push_image(&reference, &image)
+                .await?;
             eprintln!(
                 "pushed {reference}: {} layers, {:.1} MB compressed",
                 image.layers.len(),
@@ -120,10 +167,17 @@ async fn main() -> Result<()> {
             let image = store.pull(&reference, None).await?;
             let elapsed = started.elapsed().as_secs_f64();
             let image_size = std::fs::metadata(&image.block_image)?.len();
-            eprintln!("hull: {} -> {} ({:.1} MB EROFS)", image.id, image.block_image.display(), image_size as f64 / 1e6);
+            eprintln!(
+                "hull: {} -> {} ({:.1} MB EROFS)",
+                image.id,
+                image.block_image.display(),
+                image_size as f64 / 1e6
+            );
             println!("{elapsed:.3}");
         }
-        _ => bail!("usage: pull_bench push --registry URL --reference REPO:TAG --megabytes N | pull --root DIR --reference REF"),
+        _ => bail!(
+            "usage: pull_bench push --registry URL --reference REPO:TAG --megabytes N | pull --root DIR --reference REF"
+        ),
     }
     Ok(())
 }

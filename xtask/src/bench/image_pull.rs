@@ -46,7 +46,9 @@ impl Drop for Guard {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 fn wait_for(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
@@ -102,7 +104,9 @@ fn start_registry(dir: &Path) -> Result<(Guard, SocketAddr)> {
         name: "docker-registry",
         child,
     };
-    wait_for("docker-registry", Duration::from_secs(20), || registry_answers(addr))?;
+    wait_for("docker-registry", Duration::from_secs(20), || {
+        registry_answers(addr)
+    })?;
     Ok((guard, addr))
 }
 
@@ -154,7 +158,9 @@ fn start_containerd(dir: &Path) -> Result<(Guard, PathBuf)> {
 fn timed(cmd: &mut Command) -> Result<(f64, String)> {
     let shown = format!("{cmd:?}");
     let started = Instant::now();
-    let output = cmd.output().with_context(|| format!("cannot start {shown}"))?;
+    let output = cmd
+        .output()
+        .with_context(|| format!("cannot start {shown}"))?;
     let elapsed = started.elapsed().as_secs_f64();
     ensure!(
         output.status.success(),
@@ -162,7 +168,10 @@ fn timed(cmd: &mut Command) -> Result<(f64, String)> {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    Ok((elapsed, String::from_utf8_lossy(&output.stderr).into_owned()))
+    Ok((
+        elapsed,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
 }
 
 /// Runs the benchmark and prints the RESULT line.
@@ -213,12 +222,14 @@ pub fn run(runs: usize, megabytes: usize) -> Result<()> {
         fs::create_dir_all(&dir)?;
         let (daemon, socket) = start_containerd(&dir)?;
         util::run(&mut Command::new("sync"))?;
-        let (elapsed, _) = timed(
-            Command::new("ctr")
-                .arg("-a")
-                .arg(&socket)
-                .args(["-n", "bench", "images", "pull", "--plain-http", &reference]),
-        )?;
+        let (elapsed, _) = timed(Command::new("ctr").arg("-a").arg(&socket).args([
+            "-n",
+            "bench",
+            "images",
+            "pull",
+            "--plain-http",
+            &reference,
+        ]))?;
         let snapshots = dir.join("root/io.containerd.snapshotter.v1.overlayfs/snapshots");
         let unpacked = fs::read_dir(&snapshots).map(|d| d.count()).unwrap_or(0);
         ensure!(
