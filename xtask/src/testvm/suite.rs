@@ -42,6 +42,8 @@ pub fn lint() -> Result<()> {
 /// Builds and runs every VM test; fails if any test fails.
 pub fn run_vm_tests() -> Result<()> {
     let kernel = kernel::build()?;
+    // The guest agent's initramfs, for vm_agent.
+    let agent_initramfs = crate::initramfs::build(false)?;
     let binaries = build_test_binaries()?;
     if binaries.is_empty() {
         bail!("no `{TARGET_PREFIX}*` test targets found in {PACKAGE}");
@@ -51,6 +53,7 @@ pub fn run_vm_tests() -> Result<()> {
         "env".to_string(),
         format!("HULL_GUEST_VMLINUX={}", kernel.vmlinux.display()),
         format!("HULL_GUEST_BZIMAGE={}", kernel.bzimage.display()),
+        format!("HULL_AGENT_INITRAMFS={}", agent_initramfs.display()),
         "sh".to_string(),
         "-c".to_string(),
         RUNNER.to_string(),
