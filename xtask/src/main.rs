@@ -37,6 +37,8 @@ enum Command {
     Initramfs(initramfs::InitramfsArgs),
     /// Run a command on a host with a working KVM (natively, or in the test VM).
     VmRun(testvm::VmRunArgs),
+    /// Build and run only the VM tests (`vm_*` targets), in one test VM boot.
+    VmTest,
     /// Stop a test VM started with `vm-run --detach`.
     VmStop(testvm::detach::InstanceArgs),
     /// Show whether a detached test VM runs, and its forwards.
@@ -55,6 +57,7 @@ fn main() -> Result<()> {
         Command::Kernel => kernel::run_cli(),
         Command::Initramfs(args) => initramfs::run_cli(args),
         Command::VmRun(args) => testvm::run_cli(args),
+        Command::VmTest => testvm::suite::run_vm_tests(),
         Command::VmStop(args) => testvm::detach::stop_cli(args),
         Command::VmStatus(args) => testvm::detach::status_cli(args),
         Command::TestvmProxy(args) => testvm::proxy::run_cli(args),

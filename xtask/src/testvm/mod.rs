@@ -47,7 +47,7 @@ pub const IN_VM_ENV: &str = "HULL_TEST_VM";
 pub struct RunOptions {
     /// Test VM memory in MiB (default 4096, or `HULL_TESTVM_MEMORY_MIB`).
     pub memory_mib: u32,
-    /// Test VM vCPUs (default 1; see `docs/testvm.md` for why).
+    /// Test VM vCPUs (default 1, or `HULL_TESTVM_CPUS`; see `docs/testvm.md`).
     pub cpus: u32,
     /// Host folders writable from inside, besides the target dir and the cache.
     pub extra_shares: Vec<PathBuf>,
@@ -61,13 +61,15 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        let memory_mib = std::env::var("HULL_TESTVM_MEMORY_MIB")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(4096);
+        let from_env = |name: &str, default: u32| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
         RunOptions {
-            memory_mib,
-            cpus: 1,
+            memory_mib: from_env("HULL_TESTVM_MEMORY_MIB", 4096),
+            cpus: from_env("HULL_TESTVM_CPUS", 1),
             extra_shares: Vec::new(),
             tmpfs: vec![PathBuf::from("/run")],
             timeout: None,
@@ -82,9 +84,9 @@ pub struct VmRunArgs {
     /// Test VM memory in MiB [default: 4096, or $HULL_TESTVM_MEMORY_MIB].
     #[arg(long)]
     memory: Option<u32>,
-    /// Test VM vCPUs.
-    #[arg(long, default_value_t = 1)]
-    cpus: u32,
+    /// Test VM vCPUs [default: 1, or $HULL_TESTVM_CPUS].
+    #[arg(long)]
+    cpus: Option<u32>,
     /// Another host folder the command may write to (repeatable).
     #[arg(long = "share", value_name = "DIR")]
     shares: Vec<PathBuf>,
@@ -118,7 +120,9 @@ impl VmRunArgs {
         if let Some(memory) = self.memory {
             options.memory_mib = memory;
         }
-        options.cpus = self.cpus;
+        if let Some(cpus) = self.cpus {
+            options.cpus = cpus;
+        }
         options.extra_shares = self.shares.clone();
         if !self.tmpfs.is_empty() {
             options.tmpfs = self.tmpfs.clone();
