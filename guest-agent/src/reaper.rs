@@ -118,7 +118,10 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    #[allow(clippy::zombie_processes, reason = "the reaper under test waits for it")]
+    #[allow(
+        clippy::zombie_processes,
+        reason = "the reaper under test waits for it"
+    )]
     async fn routes_a_childs_exit_status_by_pid() {
         let reaper = Reaper::default();
         let child = std::process::Command::new("/bin/sh")

@@ -142,7 +142,11 @@ async fn wait_for_text(text: &Arc<Mutex<String>>, needle: &str) -> Result<()> {
     Ok(())
 }
 
-async fn wait(client: &mut AgentClient, container_id: &str, exec_id: &str) -> Result<v1::ExitStatus> {
+async fn wait(
+    client: &mut AgentClient,
+    container_id: &str,
+    exec_id: &str,
+) -> Result<v1::ExitStatus> {
     let reply = client
         .wait_process(v1::WaitProcessRequest {
             container_id: container_id.to_owned(),
@@ -152,7 +156,12 @@ async fn wait(client: &mut AgentClient, container_id: &str, exec_id: &str) -> Re
     Ok(*validate::wait_reply(reply.get_ref())?)
 }
 
-async fn create_and_start(client: &mut AgentClient, id: &str, spec: Vec<u8>, user: &str) -> Result<Arc<Mutex<String>>> {
+async fn create_and_start(
+    client: &mut AgentClient,
+    id: &str,
+    spec: Vec<u8>,
+    user: &str,
+) -> Result<Arc<Mutex<String>>> {
     client
         .create_container(v1::CreateContainerRequest {
             container_id: id.to_owned(),
@@ -174,7 +183,12 @@ async fn create_and_start(client: &mut AgentClient, id: &str, spec: Vec<u8>, use
 }
 
 /// Runs a container to its end; returns its output and exit status.
-async fn run_to_end(client: &mut AgentClient, id: &str, spec: Vec<u8>, user: &str) -> Result<(String, v1::ExitStatus)> {
+async fn run_to_end(
+    client: &mut AgentClient,
+    id: &str,
+    spec: Vec<u8>,
+    user: &str,
+) -> Result<(String, v1::ExitStatus)> {
     let output = create_and_start(client, id, spec, user).await?;
     let status = wait(client, id, "").await?;
     // The output stream ends with the process; give the reader a moment.
@@ -192,7 +206,10 @@ async fn run_to_end(client: &mut AgentClient, id: &str, spec: Vec<u8>, user: &st
 async fn drive_agent(address: AgentAddress) -> Result<()> {
     let mut client = connect_until_up(&address).await?;
     let health = client.health(v1::HealthRequest {}).await?.into_inner();
-    ensure!(health.protocol_version == hull_proto::PROTOCOL_VERSION, "{health:?}");
+    ensure!(
+        health.protocol_version == hull_proto::PROTOCOL_VERSION,
+        "{health:?}"
+    );
     eprintln!("agent up: {health:?}");
 
     client
@@ -220,8 +237,18 @@ async fn drive_agent(address: AgentAddress) -> Result<()> {
     // stdout, hostname and resolv.conf from the pod, exec, SIGTERM.
     let script = "trap 'echo got-term; exit 42' TERM; echo hello-from-container; hostname; \
                   cat /etc/resolv.conf; while true; do sleep 1; done";
-    let output = create_and_start(&mut client, "c-main", spec_json(&["sh", "-c", script], |_| {})?, "").await?;
-    wait_for_text(&output, "hello-from-container\nhull-pod\nnameserver 10.96.0.10").await?;
+    let output = create_and_start(
+        &mut client,
+        "c-main",
+        spec_json(&["sh", "-c", script], |_| {})?,
+        "",
+    )
+    .await?;
+    wait_for_text(
+        &output,
+        "hello-from-container\nhull-pod\nnameserver 10.96.0.10",
+    )
+    .await?;
 
     let exec = serde_json::json!({
         "args": ["sh", "-c", "echo exec-ok; exit 3"],
@@ -240,7 +267,10 @@ async fn drive_agent(address: AgentAddress) -> Result<()> {
         .context("ExecProcess")?;
     let exec_output = collect_output(&client, "c-main", "e1");
     let exec_status = wait(&mut client, "c-main", "e1").await?;
-    ensure!(exec_status.exit_code == 3 && exec_status.signal == 0, "{exec_status:?}");
+    ensure!(
+        exec_status.exit_code == 3 && exec_status.signal == 0,
+        "{exec_status:?}"
+    );
     wait_for_text(&exec_output, "exec-ok").await?;
 
     let stats = client
@@ -251,7 +281,10 @@ async fn drive_agent(address: AgentAddress) -> Result<()> {
         .into_inner();
     let stats = validate::container_stats_reply(&stats)?;
     ensure!(stats.pids.unwrap_or_default().current >= 2, "{stats:?}");
-    ensure!(stats.memory.unwrap_or_default().usage_bytes > 0, "{stats:?}");
+    ensure!(
+        stats.memory.unwrap_or_default().usage_bytes > 0,
+        "{stats:?}"
+    );
 
     client
         .signal_process(v1::SignalProcessRequest {
@@ -262,7 +295,10 @@ async fn drive_agent(address: AgentAddress) -> Result<()> {
         })
         .await?;
     let status = wait(&mut client, "c-main", "").await?;
-    ensure!(status.exit_code == 42 && status.signal == 0 && !status.oom_killed, "{status:?}");
+    ensure!(
+        status.exit_code == 42 && status.signal == 0 && !status.oom_killed,
+        "{status:?}"
+    );
     wait_for_text(&output, "got-term").await?;
     client
         .delete_container(v1::DeleteContainerRequest {
@@ -272,7 +308,13 @@ async fn drive_agent(address: AgentAddress) -> Result<()> {
         .await?;
 
     // SIGKILL: 128 + 9, reported as a signal.
-    let output = create_and_start(&mut client, "c-kill", spec_json(&["sleep", "600"], |_| {})?, "").await?;
+    let output = create_and_start(
+        &mut client,
+        "c-kill",
+        spec_json(&["sleep", "600"], |_| {})?,
+        "",
+    )
+    .await?;
     client
         .signal_process(v1::SignalProcessRequest {
             container_id: "c-kill".into(),
@@ -282,7 +324,10 @@ async fn drive_agent(address: AgentAddress) -> Result<()> {
         })
         .await?;
     let status = wait(&mut client, "c-kill", "").await?;
-    ensure!(status.exit_code == 137 && status.signal == 9 && !status.oom_killed, "{status:?}");
+    ensure!(
+        status.exit_code == 137 && status.signal == 9 && !status.oom_killed,
+        "{status:?}"
+    );
     drop(output);
     client
         .delete_container(v1::DeleteContainerRequest {
@@ -292,20 +337,35 @@ async fn drive_agent(address: AgentAddress) -> Result<()> {
         .await?;
 
     // A process that needs 64 MiB in a 16 MiB container is OOM-killed.
-    let oom_spec = spec_json(&["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"], |input| {
-        input.resources = Resources {
-            memory_limit_bytes: 16 << 20,
-            ..Default::default()
-        };
-    })?;
+    let oom_spec = spec_json(
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        |input| {
+            input.resources = Resources {
+                memory_limit_bytes: 16 << 20,
+                ..Default::default()
+            };
+        },
+    )?;
     let (text, status) = run_to_end(&mut client, "c-oom", oom_spec, "").await?;
-    ensure!(status.oom_killed && status.signal == 9 && status.exit_code == 137, "{status:?} output {text:?}");
+    ensure!(
+        status.oom_killed && status.signal == 9 && status.exit_code == 137,
+        "{status:?} output {text:?}"
+    );
 
     // A named user gets its uid, gid and supplementary groups from the image.
-    let (text, status) = run_to_end(&mut client, "c-user", spec_json(&["sh", "-c", "id -u; id -g; id -G"], |_| {})?, "app").await?;
+    let (text, status) = run_to_end(
+        &mut client,
+        "c-user",
+        spec_json(&["sh", "-c", "id -u; id -g; id -G"], |_| {})?,
+        "app",
+    )
+    .await?;
     ensure!(status.exit_code == 0, "{status:?} {text:?}");
     let lines: Vec<&str> = text.lines().collect();
-    ensure!(lines.len() >= 3 && lines[0] == "1234" && lines[1] == "1234", "{text:?}");
+    ensure!(
+        lines.len() >= 3 && lines[0] == "1234" && lines[1] == "1234",
+        "{text:?}"
+    );
     let mut groups: Vec<&str> = lines[2].split_whitespace().collect();
     groups.sort_unstable();
     ensure!(groups == ["1234", "555", "556"], "{text:?}");
@@ -322,11 +382,17 @@ async fn drive_agent(address: AgentAddress) -> Result<()> {
     let (text, _) = run_to_end(
         &mut client,
         "c-seccomp",
-        spec_json(&["sh", "-c", probe], with_admin(SeccompProfile::RuntimeDefault))?,
+        spec_json(
+            &["sh", "-c", probe],
+            with_admin(SeccompProfile::RuntimeDefault),
+        )?,
         "",
     )
     .await?;
-    ensure!(text.contains("Seccomp:\t2") && text.contains("rc=1"), "{text:?}");
+    ensure!(
+        text.contains("Seccomp:\t2") && text.contains("rc=1"),
+        "{text:?}"
+    );
     ensure!(text.contains("Operation not permitted"), "{text:?}");
     let (text, _) = run_to_end(
         &mut client,
@@ -335,13 +401,21 @@ async fn drive_agent(address: AgentAddress) -> Result<()> {
         "",
     )
     .await?;
-    ensure!(text.contains("Seccomp:\t0") && text.contains("rc=0"), "{text:?}");
+    ensure!(
+        text.contains("Seccomp:\t0") && text.contains("rc=0"),
+        "{text:?}"
+    );
 
-    let sandbox = client.sandbox_stats(v1::SandboxStatsRequest {}).await?.into_inner();
+    let sandbox = client
+        .sandbox_stats(v1::SandboxStatsRequest {})
+        .await?
+        .into_inner();
     validate::sandbox_stats_reply(&sandbox)?;
     ensure!(sandbox.vm_memory_total_bytes > 0, "{sandbox:?}");
 
-    client.shutdown(v1::ShutdownRequest { reboot: false }).await?;
+    client
+        .shutdown(v1::ShutdownRequest { reboot: false })
+        .await?;
     Ok(())
 }
 
@@ -362,24 +436,38 @@ fn agent_runs_containers_in_a_guest() -> Result<()> {
     let mut config = MicrovmConfig::new(&kernel.bzimage);
     config.initramfs = Some(initramfs);
     config.memory_mib = 256;
-    config.cmdline.push_str(&format!(" quiet hull.vsock_port={AGENT_PORT} hull.log=info"));
+    config.cmdline.push_str(&format!(
+        " quiet hull.vsock_port={AGENT_PORT} hull.log=info"
+    ));
     config.disks = vec![Disk {
         path: image,
         read_only: true,
         serial: IMAGE_SERIAL.into(),
     }];
-    config.extra_args = vec!["-device".into(), format!("vhost-vsock-device,guest-cid={cid}")];
+    config.extra_args = vec![
+        "-device".into(),
+        format!("vhost-vsock-device,guest-cid={cid}"),
+    ];
     let started = Instant::now();
     let mut vm = config.spawn()?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = runtime.block_on(drive_agent(AgentAddress::Vsock { cid, port: AGENT_PORT }));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(drive_agent(AgentAddress::Vsock {
+        cid,
+        port: AGENT_PORT,
+    }));
     let console = vm.console().text();
     if let Err(err) = result {
         bail!("{err:#}\nguest console:\n{console}");
     }
     let status = vm.wait_exit(DEADLINE)?;
     eprintln!("whole run {:?}", started.elapsed());
-    ensure!(status.success(), "QEMU exited with {status}; console:\n{}", vm.console().text());
+    ensure!(
+        status.success(),
+        "QEMU exited with {status}; console:\n{}",
+        vm.console().text()
+    );
     Ok(())
 }
