@@ -45,6 +45,12 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "static libseccomp for the guest agent (libcontainer's seccomp)",
     ),
     ("pkg-config", "finds libseccomp for the agent build"),
+    ("make", "guest kernel build"),
+    ("gcc", "guest kernel build (host tools and the kernel)"),
+    (
+        "libc6-dev",
+        "guest kernel build (headers of its host tools)",
+    ),
     ("flex", "guest kernel build"),
     ("bison", "guest kernel build"),
     ("bc", "guest kernel build"),
