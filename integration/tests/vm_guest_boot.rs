@@ -53,6 +53,8 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup && echo "HULL-CGROUP-CONTROLLERS $(cat /
 [ -r /proc/pressure/memory ] && echo "HULL-PSI present"
 echo "HULL-FILESYSTEMS $(grep -v nodev /proc/filesystems | tr -s '\t\n' '  ') $(grep -o 'overlay\|tmpfs' /proc/filesystems | tr '\n' ' ')"
 echo "HULL-NAMESPACES $(ls /proc/self/ns | tr '\n' ' ')"
+echo "HULL-RNG $(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
+[ -d /proc/sys/net/netfilter ] && [ -e /proc/net/ip_tables_names ] && echo "HULL-NETFILTER present"
 echo "HULL-GUEST-DONE"
 reboot -f
 "#;
@@ -94,6 +96,7 @@ fn prepare(kernel: &GuestKernel) -> Result<Prepared> {
     let mut config = MicrovmConfig::new(&kernel.bzimage);
     config.initramfs = Some(initramfs);
     config.cmdline.push_str(" quiet");
+    config.extra_args = vec!["-device".into(), "virtio-rng-device".into()];
     config.disks = vec![
         Disk {
             path: ext4_image,
@@ -174,5 +177,14 @@ fn guest_kernel_boots_and_mounts_ext4_and_erofs() -> Result<()> {
             "namespace {ns} missing from {namespaces:?}"
         );
     }
+    let rng = line_after(&console, "HULL-RNG").context("no hw_random line")?;
+    assert!(
+        rng.starts_with("virtio_rng"),
+        "virtio-rng not the current hw_random: {rng:?}"
+    );
+    assert!(
+        console.contains("HULL-NETFILTER present"),
+        "no netfilter/iptables in the guest; console:\n{console}"
+    );
     Ok(())
 }
