@@ -4,6 +4,8 @@
 pub mod control;
 pub mod devices;
 pub mod exit_record;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod host_check;
 pub mod privileges;
 pub mod seccomp;

@@ -44,7 +44,6 @@ pub enum SeccompError {
 // ioctl request numbers (x86_64).
 const KVM_RUN: u64 = 0xae80;
 const FIONBIO: u64 = 0x5421;
-const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 
 /// Syscalls every thread needs: memory allocation, locks, signals, time,
 /// plain reads and writes of fds it already holds, thread exit.
@@ -92,6 +91,8 @@ fn extra(kind: ThreadKind) -> &'static [i64] {
             libc::SYS_fcntl,
         ],
         ThreadKind::Control => &[
+            libc::SYS_poll,
+            libc::SYS_ppoll,
             libc::SYS_accept4,
             libc::SYS_recvfrom,
             libc::SYS_sendto,
@@ -123,7 +124,7 @@ fn extra(kind: ThreadKind) -> &'static [i64] {
 fn ioctls(kind: ThreadKind) -> &'static [u64] {
     match kind {
         ThreadKind::Vcpu => &[KVM_RUN],
-        ThreadKind::Devices => &[FIONBIO, TUNSETOFFLOAD],
+        ThreadKind::Devices => &[FIONBIO],
         ThreadKind::Control => &[FIONBIO],
         ThreadKind::Main => &[],
     }

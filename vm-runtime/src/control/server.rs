@@ -1,11 +1,13 @@
 //! The control thread: accepts connections one at a time and answers each
 //! request line with one response line.
 
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::json;
 
 use super::api::{ControlErrorKind, ControlRequest, ControlResponse, StopKind, error_chain};
@@ -44,28 +46,65 @@ pub fn spawn(
             if let Some(filters) = &filters {
                 seccomp::apply_or_exit(&filters.get(ThreadKind::Control), ThreadKind::Control);
             }
-            for stream in listener.incoming() {
-                match stream {
-                    Ok(stream) => serve(stream, &events, &shared),
-                    Err(error) => tracing::warn!(%error, "cannot accept a control connection"),
-                }
-            }
+            serve_all(&listener, &events, &shared);
         })
 }
 
-fn serve(stream: UnixStream, events: &EventSender, shared: &ControlShared) {
-    let mut conn = LineStream::new(stream);
+/// Most control connections served at once.
+const MAX_CONNECTIONS: usize = 16;
+
+/// One thread, many connections: poll the listener and every connection,
+/// answer each complete line as it arrives.
+fn serve_all(listener: &UnixListener, events: &EventSender, shared: &ControlShared) {
+    let mut conns: Vec<LineStream> = Vec::new();
     loop {
-        let (line, fds) = match conn.read_line() {
-            Ok(Some(message)) => message,
-            Ok(None) => return,
-            Err(WireError::LineTooLong) => {
-                let _ = reply(&mut conn, &ControlResponse::error(ControlErrorKind::InvalidRequest, "request line too long"));
-                return;
+        let ready: Vec<bool> = {
+            let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+            fds.extend(conns.iter().map(|c| PollFd::new(c.as_fd(), PollFlags::POLLIN)));
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => fds.iter().map(|f| f.any().unwrap_or(false)).collect(),
+                Err(nix::Error::EINTR) => continue,
+                Err(error) => {
+                    tracing::error!(%error, "control socket poll failed");
+                    return;
+                }
             }
+        };
+        let mut closed = Vec::new();
+        for (index, conn) in conns.iter_mut().enumerate() {
+            if ready[index + 1] && !serve_available(conn, events, shared) {
+                closed.push(index);
+            }
+        }
+        for index in closed.into_iter().rev() {
+            conns.remove(index);
+        }
+        if ready[0] {
+            match listener.accept() {
+                Ok((stream, _)) if conns.len() < MAX_CONNECTIONS => conns.push(LineStream::new(stream)),
+                Ok(_) => tracing::warn!("too many control connections; refusing one"),
+                Err(error) => tracing::warn!(%error, "cannot accept a control connection"),
+            }
+        }
+    }
+}
+
+/// Answers every complete request on `conn`; false when it should be closed.
+fn serve_available(conn: &mut LineStream, events: &EventSender, shared: &ControlShared) -> bool {
+    let open = match conn.receive_available() {
+        Ok(open) => open,
+        Err(error) => {
+            tracing::debug!(%error, "control connection failed");
+            return false;
+        }
+    };
+    loop {
+        let (line, fds) = match conn.next_line() {
+            Ok(Some(message)) => message,
+            Ok(None) => return open,
             Err(error) => {
-                tracing::debug!(%error, "control connection ended");
-                return;
+                let _ = reply(conn, &ControlResponse::error(ControlErrorKind::InvalidRequest, error.to_string()));
+                return false;
             }
         };
         let response = match serde_json::from_str::<ControlRequest>(&line) {
@@ -79,15 +118,15 @@ fn serve(stream: UnixStream, events: &EventSender, shared: &ControlShared) {
                     timeout_ms: timeout_ms.unwrap_or(DEFAULT_GRACEFUL_TIMEOUT_MS),
                 };
                 shared.stopping.store(true, Ordering::SeqCst);
-                let _ = reply(&mut conn, &ControlResponse::ok(json!({"stopping": true})));
+                let _ = reply(conn, &ControlResponse::ok(json!({"stopping": true})));
                 let _ = events.send(VmmEvent::Stop(stop));
                 continue;
             }
             Ok(request) => handle(request, fds, events, shared),
             Err(error) => ControlResponse::error(ControlErrorKind::InvalidRequest, error.to_string()),
         };
-        if reply(&mut conn, &response).is_err() {
-            return;
+        if reply(conn, &response).is_err() {
+            return false;
         }
     }
 }

@@ -40,6 +40,12 @@ pub struct LineStream {
     pending_fds: Vec<(u64, OwnedFd)>,
 }
 
+impl std::os::fd::AsFd for LineStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
 impl LineStream {
     pub fn new(stream: UnixStream) -> Self {
         Self {
@@ -50,36 +56,45 @@ impl LineStream {
         }
     }
 
-    /// The next line (without its newline) and the fds that came with it;
-    /// `None` at end of stream.
-    pub fn read_line(&mut self) -> Result<Option<(String, Vec<OwnedFd>)>, WireError> {
-        loop {
-            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                let line_end = self.buf_offset + line.len() as u64;
-                self.buf_offset = line_end;
-                let (fds, later) = std::mem::take(&mut self.pending_fds)
-                    .into_iter()
-                    .partition(|(offset, _)| *offset < line_end);
-                self.pending_fds = later;
-                let text = String::from_utf8(line[..line.len() - 1].to_vec())
-                    .map_err(|_| WireError::NotUtf8)?;
-                let fds = fds.into_iter().map(|(_, fd)| fd).collect();
-                return Ok(Some((text, fds)));
-            }
+    /// The next complete line already received (without its newline) and
+    /// the fds that came with it.
+    pub fn next_line(&mut self) -> Result<Option<(String, Vec<OwnedFd>)>, WireError> {
+        let Some(pos) = self.buf.iter().position(|b| *b == b'\n') else {
             if self.buf.len() > MAX_LINE {
                 return Err(WireError::LineTooLong);
             }
-            let mut chunk = [0u8; 4096];
-            let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-            let mut iov = [IoSliceMut::new(&mut chunk)];
-            let msg = recvmsg::<()>(
-                self.stream.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            )?;
-            let n = msg.bytes;
+            return Ok(None);
+        };
+        let line: Vec<u8> = self.buf.drain(..=pos).collect();
+        let line_end = self.buf_offset + line.len() as u64;
+        self.buf_offset = line_end;
+        let (fds, later) = std::mem::take(&mut self.pending_fds)
+            .into_iter()
+            .partition(|(offset, _)| *offset < line_end);
+        self.pending_fds = later;
+        let text = String::from_utf8(line[..line.len() - 1].to_vec()).map_err(|_| WireError::NotUtf8)?;
+        let fds = fds.into_iter().map(|(_, fd)| fd).collect();
+        Ok(Some((text, fds)))
+    }
+
+    /// Receives one chunk; `Ok(None)` if `nonblocking` and nothing is
+    /// waiting, `Ok(Some(0))` at end of stream.
+    fn receive(&mut self, nonblocking: bool) -> Result<Option<usize>, WireError> {
+        let mut chunk = [0u8; 4096];
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let mut iov = [IoSliceMut::new(&mut chunk)];
+        let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
+        if nonblocking {
+            flags |= MsgFlags::MSG_DONTWAIT;
+        }
+        let msg = match recvmsg::<()>(self.stream.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
+            Ok(msg) => msg,
+            Err(nix::Error::EAGAIN) if nonblocking => return Ok(None),
+            Err(nix::Error::EINTR) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let n = msg.bytes;
+        if n > 0 {
             let last_byte = self.buf_offset + (self.buf.len() + n) as u64 - 1;
             for c in msg.cmsgs()? {
                 if let ControlMessageOwned::ScmRights(fds) = c {
@@ -90,10 +105,27 @@ impl LineStream {
                     }
                 }
             }
-            if n == 0 {
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(Some(n))
+    }
+
+    /// Takes in what has arrived without waiting; false once the peer has
+    /// closed its end.
+    pub fn receive_available(&mut self) -> Result<bool, WireError> {
+        Ok(self.receive(true)? != Some(0))
+    }
+
+    /// Blocks for the next line (without its newline) and the fds that came
+    /// with it; `None` at end of stream.
+    pub fn read_line(&mut self) -> Result<Option<(String, Vec<OwnedFd>)>, WireError> {
+        loop {
+            if let Some(line) = self.next_line()? {
+                return Ok(Some(line));
+            }
+            if self.receive(false)? == Some(0) {
                 return Ok(None);
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
