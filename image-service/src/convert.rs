@@ -93,10 +93,11 @@ impl Read for ChannelReader {
                     self.current = bytes;
                 }
                 Some(Chunk::End) => self.ended = true,
-                Some(Chunk::Failed(err)) => return Err(err),
+                // Never `Interrupted`: readers retry that kind forever.
+                Some(Chunk::Failed(err)) => return Err(io::Error::other(err)),
                 None => {
                     return Err(io::Error::new(
-                        io::ErrorKind::Interrupted,
+                        io::ErrorKind::UnexpectedEof,
                         "the download stopped before the blob ended",
                     ));
                 }
@@ -247,4 +248,77 @@ pub fn build_image(
         reference: reference.to_string(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(
+        dir: &std::path::Path,
+        declared: u64,
+    ) -> (tokio::sync::mpsc::Sender<Chunk>, ChannelReader) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let file = File::create(dir.join("blob")).unwrap();
+        let reader = ChannelReader {
+            chunks: rx,
+            current: Bytes::new(),
+            blob: Hashing::new(file),
+            declared,
+            ended: false,
+        };
+        (tx, reader)
+    }
+
+    #[test]
+    fn chunks_are_read_hashed_and_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut r) = reader(dir.path(), 6);
+        tx.try_send(Chunk::Data(Bytes::from_static(b"abc")))
+            .unwrap();
+        tx.try_send(Chunk::Data(Bytes::from_static(b"def")))
+            .unwrap();
+        tx.try_send(Chunk::End).unwrap();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"abcdef");
+        let (_, digest) = r.blob.finish();
+        assert_eq!(digest, Digest::of(b"abcdef"));
+        assert_eq!(fs::read(dir.path().join("blob")).unwrap(), b"abcdef");
+    }
+
+    #[test]
+    fn a_stopped_download_is_an_error_readers_do_not_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut r) = reader(dir.path(), 100);
+        tx.try_send(Chunk::Data(Bytes::from_static(b"abc")))
+            .unwrap();
+        drop(tx);
+        let mut buf = [0u8; 8];
+        assert_eq!(r.read(&mut buf).unwrap(), 3);
+        let err = r.read(&mut buf).unwrap_err();
+        assert_ne!(err.kind(), io::ErrorKind::Interrupted);
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+
+        let (tx, mut r) = reader(dir.path(), 100);
+        tx.try_send(Chunk::Failed(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "reset",
+        )))
+        .unwrap();
+        assert_ne!(
+            r.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::Interrupted
+        );
+    }
+
+    #[test]
+    fn more_bytes_than_declared_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut r) = reader(dir.path(), 2);
+        tx.try_send(Chunk::Data(Bytes::from_static(b"abc")))
+            .unwrap();
+        let err = r.read(&mut [0u8; 8]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
 }

@@ -114,6 +114,12 @@ pub enum TokenExchangeError {
         #[source]
         source: reqwest::Error,
     },
+    /// The token endpoint answered, but without a token.
+    #[error("the token endpoint {endpoint} answered without an access token")]
+    NoToken {
+        /// The realm URL.
+        endpoint: String,
+    },
     /// The registry does not use bearer tokens, so an identity token is useless.
     #[error("registry {registry} offers no bearer token endpoint for an identity token")]
     NoTokenEndpoint {
@@ -209,9 +215,7 @@ pub async fn resolve(
         .map_err(refused(&realm))?;
     match answer.access_token.or(answer.token) {
         Some(bearer) => Ok(RegistryAuth::Bearer(bearer)),
-        None => Err(TokenExchangeError::NoTokenEndpoint {
-            registry: registry.to_string(),
-        }),
+        None => Err(TokenExchangeError::NoToken { endpoint: realm }),
     }
 }
 
@@ -288,5 +292,106 @@ mod tests {
         assert_eq!(realm, "https://auth.example/token");
         assert_eq!(service.as_deref(), Some("registry.example"));
         assert!(bearer_challenge(r#"Basic realm="x""#).is_none());
+    }
+
+    /// A fake registry + token endpoint: `GET /v2/` answers 401 with a bearer
+    /// challenge, `POST /token` answers an access token if the form carries
+    /// the refresh token. Returns the base URL and the form it received.
+    async fn token_server(
+        expected_refresh: &'static str,
+    ) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let realm = format!("{base}/token");
+        let server = tokio::spawn(async move {
+            let mut form = String::new();
+            for _ in 0..2 {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = conn.read(&mut buf).await.unwrap();
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request);
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break;
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let text = String::from_utf8_lossy(&request).into_owned();
+                let answer = if text.starts_with("GET /v2/") {
+                    format!(
+                        "HTTP/1.1 401 Unauthorized\r\nWww-Authenticate: Bearer realm=\"{realm}\",service=\"fake\"\r\nContent-Length: 0\r\n\r\n"
+                    )
+                } else {
+                    form = text
+                        .split_once("\r\n\r\n")
+                        .map(|(_, b)| b.to_string())
+                        .unwrap_or_default();
+                    let body = if form.contains(&format!("refresh_token={expected_refresh}")) {
+                        r#"{"access_token":"granted"}"#
+                    } else {
+                        r#"{}"#
+                    };
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                conn.write_all(answer.as_bytes()).await.unwrap();
+            }
+            form
+        });
+        (base, server)
+    }
+
+    #[tokio::test]
+    async fn identity_token_is_exchanged_for_a_bearer_token() {
+        let (base, server) = token_server("refresh-me").await;
+        let auth = resolve(
+            &Credentials::IdentityToken("refresh-me".into()),
+            &reqwest::Client::new(),
+            &base,
+            "fake",
+            "team/app",
+        )
+        .await
+        .unwrap();
+        assert_eq!(auth, RegistryAuth::Bearer("granted".into()));
+        let form = server.await.unwrap();
+        assert!(form.contains("grant_type=refresh_token"), "{form}");
+        assert!(
+            form.contains("scope=repository%3Ateam%2Fapp%3Apull"),
+            "{form}"
+        );
+        assert!(form.contains("service=fake"), "{form}");
+    }
+
+    #[tokio::test]
+    async fn identity_token_without_an_access_token_in_the_answer_fails() {
+        let (base, _server) = token_server("other").await;
+        let err = resolve(
+            &Credentials::IdentityToken("refresh-me".into()),
+            &reqwest::Client::new(),
+            &base,
+            "fake",
+            "team/app",
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, TokenExchangeError::NoToken { .. }), "{err}");
     }
 }
