@@ -383,16 +383,13 @@ impl ImageStore {
         let digests: Vec<Digest> = jobs.iter().map(|(job, _, _)| job.digest.clone()).collect();
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&hex::decode(&config_digest.hex()[..32]).expect("digests are hex"));
-        let reference = reference.to_string();
+        let shown = reference.to_string();
         let summary = tokio::task::spawn_blocking(move || {
-            convert::build_image(&reference, &digests, layers, &data, uuid)
+            convert::build_image(&shown, &digests, layers, &data, uuid)
         })
         .await
         .map_err(|_| ImageError::PullAborted {
-            reference: jobs
-                .first()
-                .map(|j| j.0.reference.clone())
-                .unwrap_or_default(),
+            reference: reference.to_string(),
         })??;
         tracing::debug!(
             bytes = summary.bytes,
