@@ -114,7 +114,10 @@ fn vsock_probe() -> Result<PathBuf> {
             .arg(&source)
             .status()
             .context("cannot run the C compiler (Debian gcc, libc6-dev)")?;
-        ensure!(status.success(), "building the vsock probe failed: {status}");
+        ensure!(
+            status.success(),
+            "building the vsock probe failed: {status}"
+        );
     }
     Ok(binary)
 }
@@ -194,8 +197,14 @@ impl Vmm {
         Ok((status, record))
     }
 
-    fn boot(&self, config: VmConfig, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<serde_json::Value> {
-        Ok(self.client()?.request_with_fds(&ControlRequest::Boot { config }, fds)?)
+    fn boot(
+        &self,
+        config: VmConfig,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<serde_json::Value> {
+        Ok(self
+            .client()?
+            .request_with_fds(&ControlRequest::Boot { config }, fds)?)
     }
 }
 
@@ -228,9 +237,10 @@ fn base_config(init: &str, dir: &Path, extra: &[(&str, &[u8])]) -> Result<VmConf
 }
 
 fn line_after(console: &str, marker: &str) -> Option<String> {
-    console
-        .lines()
-        .find_map(|line| line.split_once(marker).map(|(_, rest)| rest.trim().to_string()))
+    console.lines().find_map(|line| {
+        line.split_once(marker)
+            .map(|(_, rest)| rest.trim().to_string())
+    })
 }
 
 const DEVICES_INIT: &str = r#"#!/bin/busybox sh
@@ -276,14 +286,22 @@ struct NetNs {
 impl NetNs {
     fn create(name: &str, tap: &str) -> Result<Self> {
         let run = |args: &[&str]| -> Result<()> {
-            let status = Command::new("ip").args(args).status().context("cannot run ip (iproute2)")?;
+            let status = Command::new("ip")
+                .args(args)
+                .status()
+                .context("cannot run ip (iproute2)")?;
             ensure!(status.success(), "ip {args:?} failed: {status}");
             Ok(())
         };
-        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
         run(&["netns", "add", name])?;
         let ns = NetNs { name: name.into() };
-        run(&["-n", name, "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"])?;
+        run(&[
+            "-n", name, "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr",
+        ])?;
         run(&["-n", name, "addr", "add", "10.211.0.1/24", "dev", tap])?;
         run(&["-n", name, "link", "set", tap, "up"])?;
         Ok(ns)
@@ -296,19 +314,33 @@ impl NetNs {
         std::thread::spawn(move || -> Result<OwnedFd> {
             let ns = std::fs::File::open(&ns_path)?;
             // SAFETY: setns on this (short-lived) thread only, with a valid netns fd.
-            let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
             ensure!(rc == 0, "setns: {}", std::io::Error::last_os_error());
-            let file = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun")?;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")?;
             #[repr(C)]
             struct IfReq {
                 name: [u8; 16],
                 flags: i16,
                 pad: [u8; 22],
             }
-            let mut req = IfReq { name: [0; 16], flags: 0x0002 | 0x1000 | 0x4000, pad: [0; 22] };
+            let mut req = IfReq {
+                name: [0; 16],
+                flags: 0x0002 | 0x1000 | 0x4000,
+                pad: [0; 22],
+            };
             req.name[..tap.len()].copy_from_slice(tap.as_bytes());
             // SAFETY: TUNSETIFF reads an ifreq, which `req` is, valid for the call.
-            let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&file), 0x4004_54ca, &mut req) };
+            let rc = unsafe {
+                libc::ioctl(
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    0x4004_54ca,
+                    &mut req,
+                )
+            };
             ensure!(rc == 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
             Ok(file.into())
         })
@@ -319,7 +351,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -343,6 +377,7 @@ fn devices_work_and_a_guest_reboot_ends_the_vm() -> Result<()> {
     let host_port_listener = UnixListener::bind(format!("{}_1234", uds.display()))?;
     let guest_to_host = std::thread::spawn(move || -> Result<String> {
         let (mut conn, _) = host_port_listener.accept()?;
+        conn.set_read_timeout(Some(DEADLINE))?;
         let mut got = String::new();
         conn.read_to_string(&mut got)?;
         conn.write_all(format!("host-echo:{got}").as_bytes())?;
@@ -354,11 +389,26 @@ fn devices_work_and_a_guest_reboot_ends_the_vm() -> Result<()> {
 
     let mut config = base_config(DEVICES_INIT, &dir, &[("vsock-probe", &probe)])?;
     config.drives = vec![
-        DriveConfig { id: "data".into(), path: Some(data.clone()), read_only: false },
-        DriveConfig { id: "slot".into(), path: None, read_only: true },
+        DriveConfig {
+            id: "data".into(),
+            path: Some(data.clone()),
+            read_only: false,
+        },
+        DriveConfig {
+            id: "slot".into(),
+            path: None,
+            read_only: true,
+        },
     ];
-    config.vsock = Some(VsockConfig { guest_cid: 3, uds_path: uds.clone() });
-    config.net = vec![NetConfig { id: "eth0".into(), tap: TapSource::PassedFd(0), mac: None }];
+    config.vsock = Some(VsockConfig {
+        guest_cid: 3,
+        uds_path: uds.clone(),
+    });
+    config.net = vec![NetConfig {
+        id: "eth0".into(),
+        tap: TapSource::PassedFd(0),
+        mac: None,
+    }];
     config.rng = true;
     let status = vmm.boot(config, &[tap.as_fd()])?;
     assert_eq!(status["state"], "running", "{status}");
@@ -373,14 +423,23 @@ fn devices_work_and_a_guest_reboot_ends_the_vm() -> Result<()> {
 
     vmm.wait_console("HULL-VSOCK-LISTENING")?;
     let mut host = UnixStream::connect(&uds)?;
+    host.set_read_timeout(Some(DEADLINE))?;
     host.write_all(b"CONNECT 5000\n")?;
     let mut reader = BufReader::new(host.try_clone()?);
     let mut ok = String::new();
-    reader.read_line(&mut ok)?;
-    ensure!(ok.starts_with("OK "), "hybrid vsock answered {ok:?}");
+    reader
+        .read_line(&mut ok)
+        .with_context(|| format!("no answer to CONNECT; console:\n{}", vmm.console()))?;
+    ensure!(
+        ok.starts_with("OK "),
+        "hybrid vsock answered {ok:?}; console:\n{}",
+        vmm.console()
+    );
     host.write_all(b"ping-from-host")?;
     let mut echoed = String::new();
-    reader.read_to_string(&mut echoed)?;
+    reader
+        .read_to_string(&mut echoed)
+        .with_context(|| format!("no echo from the guest; console:\n{}", vmm.console()))?;
 
     vmm.wait_console("HULL-DONE")?;
     let metrics = vmm.client()?.request(&ControlRequest::Metrics {})?;
@@ -390,25 +449,58 @@ fn devices_work_and_a_guest_reboot_ends_the_vm() -> Result<()> {
     let record = record.context("no exit record")?;
 
     assert!(exit_status.success(), "{exit_status}; console:\n{console}");
-    assert_eq!(record.reason, ExitReason::GuestReboot, "console:\n{console}");
+    assert_eq!(
+        record.reason,
+        ExitReason::GuestReboot,
+        "console:\n{console}"
+    );
     assert_eq!(line_after(&console, "HULL-INIT").as_deref(), Some("cpus=2"));
-    assert_eq!(line_after(&console, "HULL-BLK-READ").as_deref(), Some("host-wrote-this-sector-0"));
+    assert_eq!(
+        line_after(&console, "HULL-BLK-READ").as_deref(),
+        Some("host-wrote-this-sector-0")
+    );
     let on_disk = std::fs::read(&data)?;
-    assert_eq!(&on_disk[512..528], b"written-by-guest", "guest write reached the backing file");
+    assert_eq!(
+        &on_disk[512..528],
+        b"written-by-guest",
+        "guest write reached the backing file"
+    );
     assert_eq!(line_after(&console, "HULL-BLK-RO").as_deref(), Some("1"));
     assert_eq!(line_after(&console, "HULL-SLOT-SIZE").as_deref(), Some("0"));
-    assert_eq!(line_after(&console, "HULL-SLOT-CONTENT").as_deref(), Some("swapped-in-after-boot-ok"));
+    assert_eq!(
+        line_after(&console, "HULL-SLOT-CONTENT").as_deref(),
+        Some("swapped-in-after-boot-ok")
+    );
     let rng = line_after(&console, "HULL-RNG").context("no rng line")?;
     assert!(rng.starts_with("virtio_rng"), "{rng}");
-    assert_eq!(rng.split_whitespace().nth(1).map(str::len), Some(32), "{rng}");
+    assert_eq!(
+        rng.split_whitespace().nth(1).map(str::len),
+        Some(32),
+        "{rng}"
+    );
     assert_eq!(echoed, "echo:ping-from-host");
-    assert!(console.contains("HULL-VSOCK-IN-SERVED"), "console:\n{console}");
+    assert!(
+        console.contains("HULL-VSOCK-IN-SERVED"),
+        "console:\n{console}"
+    );
     assert_eq!(guest_to_host.join().unwrap()?, "hello-from-guest");
-    assert_eq!(line_after(&console, "HULL-VSOCK-OUT").as_deref(), Some("host-echo:hello-from-guest"));
-    assert_eq!(line_after(&console, "HULL-NET-PING").as_deref(), Some("ok"), "console:\n{console}");
+    assert_eq!(
+        line_after(&console, "HULL-VSOCK-OUT").as_deref(),
+        Some("host-echo:hello-from-guest")
+    );
+    assert_eq!(
+        line_after(&console, "HULL-NET-PING").as_deref(),
+        Some("ok"),
+        "console:\n{console}"
+    );
 
-    let devices = metrics["devices"].as_array().context("no devices in metrics")?;
-    let net = devices.iter().find(|d| d["kind"] == "net").context("no net metrics")?;
+    let devices = metrics["devices"]
+        .as_array()
+        .context("no devices in metrics")?;
+    let net = devices
+        .iter()
+        .find(|d| d["kind"] == "net")
+        .context("no net metrics")?;
     assert!(net["device"]["tx_frames"].as_u64() > Some(0), "{net}");
     let memory = &metrics["memory"];
     eprintln!(
@@ -427,7 +519,8 @@ fn run_to_exit(init: &str, cmdline_extra: &str) -> Result<(Vmm, ExitRecord)> {
     config.vcpus = 1;
     vmm.boot(config, &[])?;
     let (status, record) = vmm.wait_exit()?;
-    let record = record.with_context(|| format!("no exit record ({status}); console:\n{}", vmm.console()))?;
+    let record = record
+        .with_context(|| format!("no exit record ({status}); console:\n{}", vmm.console()))?;
     assert!(status.success(), "{status}");
     Ok((vmm, record))
 }
@@ -437,7 +530,11 @@ fn guest_panic_is_reported_as_a_panic() -> Result<()> {
     // PID 1 exiting makes the kernel panic ("Attempted to kill init!").
     let (vmm, record) = run_to_exit("#!/bin/busybox sh\necho HULL-ABOUT-TO-PANIC\nexit 3\n", "")?;
     let ExitReason::GuestPanic { message } = &record.reason else {
-        panic!("expected a panic, got {:?}; console:\n{}", record.reason, vmm.console());
+        panic!(
+            "expected a panic, got {:?}; console:\n{}",
+            record.reason,
+            vmm.console()
+        );
     };
     assert!(message.contains("Attempted to kill init"), "{message}");
     assert_eq!(record.panic_line.as_deref(), Some(message.as_str()));
@@ -448,7 +545,12 @@ fn guest_panic_is_reported_as_a_panic() -> Result<()> {
 fn triple_fault_is_reported_as_a_triple_fault() -> Result<()> {
     // reboot=t makes the kernel reboot by triple-faulting.
     let (vmm, record) = run_to_exit("#!/bin/busybox sh\n/bin/busybox reboot -f\n", "reboot=t")?;
-    assert_eq!(record.reason, ExitReason::TripleFault, "console:\n{}", vmm.console());
+    assert_eq!(
+        record.reason,
+        ExitReason::TripleFault,
+        "console:\n{}",
+        vmm.console()
+    );
     Ok(())
 }
 
@@ -468,10 +570,16 @@ fn stops_forced_and_graceful_with_a_bounded_wait() -> Result<()> {
         vmm.boot(config, &[])?;
         vmm.wait_console("HULL-IDLE")?;
         let started = Instant::now();
-        vmm.client()?.request(&ControlRequest::Stop { mode, timeout_ms: Some(1000) })?;
+        vmm.client()?.request(&ControlRequest::Stop {
+            mode,
+            timeout_ms: Some(1000),
+        })?;
         let (status, record) = vmm.wait_exit()?;
         assert!(status.success(), "{status}");
-        assert_eq!(record.context("no exit record")?.reason, ExitReason::Stopped { mode: expected });
+        assert_eq!(
+            record.context("no exit record")?.reason,
+            ExitReason::Stopped { mode: expected }
+        );
         assert!(started.elapsed() < DEADLINE);
     }
     Ok(())
@@ -481,16 +589,28 @@ fn stops_forced_and_graceful_with_a_bounded_wait() -> Result<()> {
 fn kill_9_leaves_no_record_and_no_process() -> Result<()> {
     require_kvm()?;
     let mut vmm = Vmm::start()?;
-    let mut config = base_config("#!/bin/busybox sh\necho HULL-IDLE\nwhile true; do /bin/busybox sleep 1; done\n", vmm.dir.path(), &[])?;
+    let mut config = base_config(
+        "#!/bin/busybox sh\necho HULL-IDLE\nwhile true; do /bin/busybox sleep 1; done\n",
+        vmm.dir.path(),
+        &[],
+    )?;
     config.vcpus = 1;
     vmm.boot(config, &[])?;
     vmm.wait_console("HULL-IDLE")?;
-    let pid: i32 = std::fs::read_to_string(vmm.path("vmm.pid"))?.trim().parse()?;
+    let pid: i32 = std::fs::read_to_string(vmm.path("vmm.pid"))?
+        .trim()
+        .parse()?;
     // SAFETY: sends SIGKILL to the VMM this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let (status, record) = vmm.wait_exit()?;
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
     // hulld's rule: a dead pid without a record is a VMM that died without a say.
-    assert!(record.is_none(), "a killed VMM cannot have written {record:?}");
+    assert!(
+        record.is_none(),
+        "a killed VMM cannot have written {record:?}"
+    );
     Ok(())
 }

@@ -102,7 +102,10 @@ pub enum ExitRecordError {
 /// Writes `data` to `path` atomically: a temporary file beside it, fsync,
 /// rename, fsync of the directory.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(format!(".tmp.{}", std::process::id()));
     let tmp = dir.join(tmp_name);
@@ -172,7 +175,10 @@ mod tests {
             mode: StopMode::GracefulTimedOut,
         }))
         .unwrap();
-        assert!(json.contains(r#""reason":{"kind":"stopped","mode":"graceful_timed_out"}"#), "{json}");
+        assert!(
+            json.contains(r#""reason":{"kind":"stopped","mode":"graceful_timed_out"}"#),
+            "{json}"
+        );
         let json = serde_json::to_string(&record(ExitReason::TripleFault)).unwrap();
         assert!(json.contains(r#"{"kind":"triple_fault"}"#), "{json}");
     }
@@ -182,13 +188,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("exit.json");
         std::fs::write(&path, r#"{"reason":{"kind":"guest_reboot"},"pid":1,"unix_time_ms":1,"vmm_uptime_ms":1,"guest_uptime_ms":null,"panic_line":null,"extra":1}"#).unwrap();
-        assert!(matches!(ExitRecord::read(&path), Err(ExitRecordError::Parse { .. })));
+        assert!(matches!(
+            ExitRecord::read(&path),
+            Err(ExitRecordError::Parse { .. })
+        ));
     }
 
     #[test]
     fn clean_reasons() {
         assert!(ExitReason::GuestReboot.is_clean());
         assert!(!ExitReason::TripleFault.is_clean());
-        assert!(!ExitReason::Stopped { mode: StopMode::Forced }.is_clean());
+        assert!(
+            !ExitReason::Stopped {
+                mode: StopMode::Forced
+            }
+            .is_clean()
+        );
     }
 }

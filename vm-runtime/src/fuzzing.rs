@@ -35,12 +35,18 @@ fn memory_from(data: &[u8]) -> Option<(GuestMemoryMmap, Queue)> {
 /// Parses and runs every virtio-blk request the bytes describe, against a
 /// small scratch disk.
 pub fn blk_requests(data: &[u8]) {
-    let Some((mem, mut queue)) = memory_from(data) else { return };
+    let Some((mem, mut queue)) = memory_from(data) else {
+        return;
+    };
     let Some(path) = scratch_disk() else { return };
-    let Ok(mut disk) = Disk::open(path, false) else { return };
+    let Ok(mut disk) = Disk::open(path, false) else {
+        return;
+    };
     let id = [b'f'; DEVICE_ID_LEN];
     for _ in 0..MAX_CHAINS {
-        let Some(chain) = queue.pop_descriptor_chain(&mem) else { break };
+        let Some(chain) = queue.pop_descriptor_chain(&mem) else {
+            break;
+        };
         let head = chain.head_index();
         if let Ok(request) = Request::parse(chain, &mem) {
             let _ = request.execute(&mem, Some(&mut disk), head % 2 == 0, &id);
@@ -53,16 +59,23 @@ pub fn blk_requests(data: &[u8]) {
 
 /// Parses every vsock packet the bytes describe, as tx and as rx chains.
 pub fn vsock_packets(data: &[u8]) {
-    let Some((mem, mut queue)) = memory_from(data) else { return };
+    let Some((mem, mut queue)) = memory_from(data) else {
+        return;
+    };
     for i in 0..MAX_CHAINS {
-        let Some(chain) = queue.pop_descriptor_chain(&mem) else { break };
+        let Some(chain) = queue.pop_descriptor_chain(&mem) else {
+            break;
+        };
         let head = chain.head_index();
         if i % 2 == 0 {
             if let Ok((header, payload)) = packet::parse_tx(chain, &mem) {
                 assert!(payload.len() == header.len as usize);
             }
         } else if let Ok(rx) = RxBuffers::parse(chain, &mem) {
-            let header = packet::Header { len: 8, ..Default::default() };
+            let header = packet::Header {
+                len: 8,
+                ..Default::default()
+            };
             let _ = rx.write(&mem, &header, b"fuzzdata");
         }
         if queue.add_used(&mem, head, 0).is_err() {
@@ -76,7 +89,9 @@ fn scratch_disk() -> Option<&'static std::path::Path> {
     static PATH: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
     PATH.get_or_init(|| {
         let path = std::env::temp_dir().join(format!("hull-fuzz-disk-{}.img", std::process::id()));
-        std::fs::File::create(&path).and_then(|f| f.set_len(4096)).ok()?;
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(4096))
+            .ok()?;
         Some(path)
     })
     .as_deref()

@@ -53,7 +53,13 @@ pub fn drop_thread_capabilities() -> Result<(), PrivilegesError> {
     let data = [CapData::default(); 2];
     // SAFETY: capset reads a v3 header and two data structs, which are valid
     // and live for the call; pid 0 means the calling thread.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
     if rc != 0 {
         return Err(PrivilegesError::Capset(std::io::Error::last_os_error()));
     }

@@ -88,7 +88,6 @@ fn extra(kind: ThreadKind) -> &'static [i64] {
             libc::SYS_recvmsg,
             libc::SYS_sendmsg,
             libc::SYS_shutdown,
-            libc::SYS_fcntl,
         ],
         ThreadKind::Control => &[
             libc::SYS_poll,
@@ -105,12 +104,10 @@ fn extra(kind: ThreadKind) -> &'static [i64] {
             libc::SYS_statx,
             libc::SYS_fsync,
             libc::SYS_fdatasync,
-            libc::SYS_fcntl,
             libc::SYS_getpid,
         ],
         ThreadKind::Main => &[
             libc::SYS_openat,
-            libc::SYS_fcntl,
             libc::SYS_fsync,
             libc::SYS_fdatasync,
             libc::SYS_rename,
@@ -130,13 +127,38 @@ fn ioctls(kind: ThreadKind) -> &'static [u64] {
     }
 }
 
+/// `fcntl` commands every thread may use: reading fd flags (Rust's std
+/// checks them on fd handling), setting O_NONBLOCK, duplicating with CLOEXEC.
+const FCNTL_COMMANDS: &[u64] = &[
+    libc::F_GETFD as u64,
+    libc::F_GETFL as u64,
+    libc::F_SETFL as u64,
+    libc::F_DUPFD_CLOEXEC as u64,
+];
+
 /// The syscall numbers `kind` may make (for docs and tests).
 pub fn allowed_syscalls(kind: ThreadKind) -> Vec<i64> {
     let mut list: Vec<i64> = COMMON.iter().chain(extra(kind)).copied().collect();
+    list.push(libc::SYS_fcntl);
     if !ioctls(kind).is_empty() {
         list.push(libc::SYS_ioctl);
     }
     list
+}
+
+/// One rule per allowed value of argument `arg`.
+fn arg_rules(arg: u8, values: &[u64]) -> Result<Vec<SeccompRule>, SeccompError> {
+    values
+        .iter()
+        .map(|value| {
+            Ok(SeccompRule::new(vec![SeccompCondition::new(
+                arg,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                *value,
+            )?])?)
+        })
+        .collect()
 }
 
 fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
@@ -145,19 +167,9 @@ fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         .chain(extra(kind))
         .map(|nr| (*nr, Vec::new()))
         .collect();
-    let ioctl_rules = ioctls(kind)
-        .iter()
-        .map(|request| {
-            SeccompRule::new(vec![SeccompCondition::new(
-                1,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                *request,
-            )?])
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if !ioctl_rules.is_empty() {
-        rules.insert(libc::SYS_ioctl, ioctl_rules);
+    rules.insert(libc::SYS_fcntl, arg_rules(1, FCNTL_COMMANDS)?);
+    if !ioctls(kind).is_empty() {
+        rules.insert(libc::SYS_ioctl, arg_rules(1, ioctls(kind))?);
     }
     let filter = SeccompFilter::new(
         rules,
@@ -199,9 +211,27 @@ impl Filters {
     }
 }
 
+thread_local! {
+    /// The calling thread's role, for the SIGSYS message (a plain TLS read,
+    /// safe in a signal handler).
+    static THREAD_ROLE: std::cell::Cell<&'static [u8]> = const { std::cell::Cell::new(b"unconfined") };
+}
+
+impl ThreadKind {
+    fn name(self) -> &'static [u8] {
+        match self {
+            ThreadKind::Vcpu => b"vcpu",
+            ThreadKind::Devices => b"devices",
+            ThreadKind::Control => b"control",
+            ThreadKind::Main => b"main",
+        }
+    }
+}
+
 /// Installs `filter` on the calling thread; a thread that cannot be
 /// confined must not run, so failure ends the VMM.
 pub fn apply_or_exit(filter: &BpfProgram, kind: ThreadKind) {
+    THREAD_ROLE.with(|role| role.set(kind.name()));
     if let Err(error) = seccompiler::apply_filter(filter) {
         tracing::error!(?kind, %error, "cannot install the seccomp filter; exiting");
         std::process::exit(SECCOMP_EXIT_STATUS);
@@ -217,10 +247,15 @@ extern "C" fn on_sigsys(_num: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
     // SAFETY: the kernel passes a valid siginfo_t for SIGSYS; for
     // SYS_SECCOMP its `si_syscall` int lies at SI_SYSCALL_OFFSET, inside the
     // 128-byte structure.
-    let nr = unsafe { info.cast::<u8>().add(SI_SYSCALL_OFFSET).cast::<libc::c_int>().read_unaligned() };
+    let nr = unsafe {
+        info.cast::<u8>()
+            .add(SI_SYSCALL_OFFSET)
+            .cast::<libc::c_int>()
+            .read_unaligned()
+    };
     // Only async-signal-safe work: format into a stack buffer, write, _exit.
     const PREFIX: &[u8] = b"hull-vmm: seccomp blocked syscall ";
-    let mut msg = [0u8; PREFIX.len() + 12];
+    let mut msg = [0u8; PREFIX.len() + 48];
     msg[..PREFIX.len()].copy_from_slice(PREFIX);
     let mut digits = [0u8; 10];
     let mut count = 0;
@@ -238,8 +273,13 @@ extern "C" fn on_sigsys(_num: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         msg[len] = *d;
         len += 1;
     }
-    msg[len] = b'\n';
-    len += 1;
+    let role = THREAD_ROLE.with(|role| role.get());
+    for b in b" in the ".iter().chain(role).chain(b" thread\n") {
+        if len < msg.len() {
+            msg[len] = *b;
+            len += 1;
+        }
+    }
     // SAFETY: writes a valid buffer to stderr, then ends the process without
     // running any non-reentrant code; both calls are async-signal-safe.
     unsafe {
@@ -259,7 +299,12 @@ mod tests {
 
     #[test]
     fn every_role_compiles() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Devices, ThreadKind::Control, ThreadKind::Main] {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::Devices,
+            ThreadKind::Control,
+            ThreadKind::Main,
+        ] {
             let prog = filter(kind).unwrap();
             assert!(!prog.is_empty());
         }
@@ -268,7 +313,13 @@ mod tests {
     #[test]
     fn vcpus_may_not_open_files_or_sockets() {
         let vcpu = allowed_syscalls(ThreadKind::Vcpu);
-        for forbidden in [libc::SYS_openat, libc::SYS_socket, libc::SYS_execve, libc::SYS_clone, libc::SYS_connect] {
+        for forbidden in [
+            libc::SYS_openat,
+            libc::SYS_socket,
+            libc::SYS_execve,
+            libc::SYS_clone,
+            libc::SYS_connect,
+        ] {
             assert!(!vcpu.contains(&forbidden), "{forbidden}");
         }
         assert!(vcpu.contains(&libc::SYS_ioctl));
@@ -277,9 +328,20 @@ mod tests {
 
     #[test]
     fn nobody_may_exec_or_fork() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Devices, ThreadKind::Control, ThreadKind::Main] {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::Devices,
+            ThreadKind::Control,
+            ThreadKind::Main,
+        ] {
             let list = allowed_syscalls(kind);
-            for forbidden in [libc::SYS_execve, libc::SYS_fork, libc::SYS_clone, libc::SYS_clone3, libc::SYS_ptrace] {
+            for forbidden in [
+                libc::SYS_execve,
+                libc::SYS_fork,
+                libc::SYS_clone,
+                libc::SYS_clone3,
+                libc::SYS_ptrace,
+            ] {
                 assert!(!list.contains(&forbidden), "{kind:?} {forbidden}");
             }
         }

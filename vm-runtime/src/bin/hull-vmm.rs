@@ -38,7 +38,9 @@ struct Args {
 fn main() -> Result<()> {
     timeline::mark_process_start();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("HULL_VMM_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("HULL_VMM_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();

@@ -121,10 +121,22 @@ mod tests {
         assert_eq!(r, ControlRequest::Status {});
         let r: ControlRequest =
             serde_json::from_str(r#"{"op":"stop","mode":"graceful","timeout_ms":100}"#).unwrap();
-        assert_eq!(r, ControlRequest::Stop { mode: StopKind::Graceful, timeout_ms: Some(100) });
+        assert_eq!(
+            r,
+            ControlRequest::Stop {
+                mode: StopKind::Graceful,
+                timeout_ms: Some(100)
+            }
+        );
         let r: ControlRequest =
             serde_json::from_str(r#"{"op":"set_drive","id":"slot1","path":"/img"}"#).unwrap();
-        assert_eq!(r, ControlRequest::SetDrive { id: "slot1".into(), path: Some("/img".into()) });
+        assert_eq!(
+            r,
+            ControlRequest::SetDrive {
+                id: "slot1".into(),
+                path: Some("/img".into())
+            }
+        );
         let r: ControlRequest =
             serde_json::from_str(r#"{"op":"boot","config":{"kernel":"/k","vcpus":2}}"#).unwrap();
         assert!(matches!(r, ControlRequest::Boot { config } if config.vcpus == 2));
@@ -134,14 +146,23 @@ mod tests {
     fn unknown_ops_and_fields_are_refused() {
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"reboot"}"#).is_err());
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"status","x":1}"#).is_err());
-        assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"stop","mode":"nicely"}"#).is_err());
+        assert!(
+            serde_json::from_str::<ControlRequest>(r#"{"op":"stop","mode":"nicely"}"#).is_err()
+        );
     }
 
     #[test]
     fn responses_serialize_compactly() {
         let ok = serde_json::to_string(&ControlResponse::ok(serde_json::json!({"a":1}))).unwrap();
         assert_eq!(ok, r#"{"ok":true,"result":{"a":1}}"#);
-        let err = serde_json::to_string(&ControlResponse::error(ControlErrorKind::NotFound, "no drive x")).unwrap();
-        assert_eq!(err, r#"{"ok":false,"error":{"kind":"not_found","message":"no drive x"}}"#);
+        let err = serde_json::to_string(&ControlResponse::error(
+            ControlErrorKind::NotFound,
+            "no drive x",
+        ))
+        .unwrap();
+        assert_eq!(
+            err,
+            r#"{"ok":false,"error":{"kind":"not_found","message":"no drive x"}}"#
+        );
     }
 }

@@ -59,7 +59,10 @@ impl ControlClient {
         }
     }
 
-    pub fn request(&mut self, request: &ControlRequest) -> Result<serde_json::Value, ControlClientError> {
+    pub fn request(
+        &mut self,
+        request: &ControlRequest,
+    ) -> Result<serde_json::Value, ControlClientError> {
         self.request_with_fds(request, &[])
     }
 }

@@ -14,11 +14,11 @@ use super::api::{ControlErrorKind, ControlRequest, ControlResponse, StopKind, er
 use super::wire::{LineStream, WireError};
 use crate::devices::bus::lock;
 use crate::exit_record::StopMode;
+use crate::privileges;
 use crate::seccomp::{self, Filters, ThreadKind};
 use crate::vmm::builder::{BootRequest, VmHandle};
 use crate::vmm::events::{EventSender, StopRequest, VmmEvent};
 use crate::vmm::report;
-use crate::privileges;
 
 /// Default wait of a graceful stop.
 pub const DEFAULT_GRACEFUL_TIMEOUT_MS: u64 = 5000;
@@ -60,7 +60,11 @@ fn serve_all(listener: &UnixListener, events: &EventSender, shared: &ControlShar
     loop {
         let ready: Vec<bool> = {
             let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-            fds.extend(conns.iter().map(|c| PollFd::new(c.as_fd(), PollFlags::POLLIN)));
+            fds.extend(
+                conns
+                    .iter()
+                    .map(|c| PollFd::new(c.as_fd(), PollFlags::POLLIN)),
+            );
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => fds.iter().map(|f| f.any().unwrap_or(false)).collect(),
                 Err(nix::Error::EINTR) => continue,
@@ -81,7 +85,9 @@ fn serve_all(listener: &UnixListener, events: &EventSender, shared: &ControlShar
         }
         if ready[0] {
             match listener.accept() {
-                Ok((stream, _)) if conns.len() < MAX_CONNECTIONS => conns.push(LineStream::new(stream)),
+                Ok((stream, _)) if conns.len() < MAX_CONNECTIONS => {
+                    conns.push(LineStream::new(stream))
+                }
                 Ok(_) => tracing::warn!("too many control connections; refusing one"),
                 Err(error) => tracing::warn!(%error, "cannot accept a control connection"),
             }
@@ -103,7 +109,10 @@ fn serve_available(conn: &mut LineStream, events: &EventSender, shared: &Control
             Ok(Some(message)) => message,
             Ok(None) => return open,
             Err(error) => {
-                let _ = reply(conn, &ControlResponse::error(ControlErrorKind::InvalidRequest, error.to_string()));
+                let _ = reply(
+                    conn,
+                    &ControlResponse::error(ControlErrorKind::InvalidRequest, error.to_string()),
+                );
                 return false;
             }
         };
@@ -123,7 +132,9 @@ fn serve_available(conn: &mut LineStream, events: &EventSender, shared: &Control
                 continue;
             }
             Ok(request) => handle(request, fds, events, shared),
-            Err(error) => ControlResponse::error(ControlErrorKind::InvalidRequest, error.to_string()),
+            Err(error) => {
+                ControlResponse::error(ControlErrorKind::InvalidRequest, error.to_string())
+            }
         };
         if reply(conn, &response).is_err() {
             return false;
@@ -137,9 +148,9 @@ fn reply(conn: &mut LineStream, response: &ControlResponse) -> Result<(), WireEr
 }
 
 fn running(shared: &ControlShared) -> Result<Arc<VmHandle>, ControlResponse> {
-    lock(&shared.vm)
-        .clone()
-        .ok_or_else(|| ControlResponse::error(ControlErrorKind::NotBooted, "no VM has been booted yet"))
+    lock(&shared.vm).clone().ok_or_else(|| {
+        ControlResponse::error(ControlErrorKind::NotBooted, "no VM has been booted yet")
+    })
 }
 
 fn handle(
@@ -151,14 +162,20 @@ fn handle(
     match request {
         ControlRequest::Boot { config } => {
             if lock(&shared.vm).is_some() {
-                return ControlResponse::error(ControlErrorKind::AlreadyBooted, "a VM already runs in this VMM");
+                return ControlResponse::error(
+                    ControlErrorKind::AlreadyBooted,
+                    "a VM already runs in this VMM",
+                );
             }
             let (reply_tx, reply_rx) = mpsc::channel();
             let boot = BootRequest {
                 config,
                 passed_fds: fds,
             };
-            if events.send(VmmEvent::Boot(Box::new(boot), reply_tx)).is_err() {
+            if events
+                .send(VmmEvent::Boot(Box::new(boot), reply_tx))
+                .is_err()
+            {
                 return ControlResponse::error(ControlErrorKind::BootFailed, "the VMM is exiting");
             }
             match reply_rx.recv() {
@@ -168,11 +185,15 @@ fn handle(
                     ControlResponse::ok(status)
                 }
                 Ok(Err(message)) => ControlResponse::error(ControlErrorKind::BootFailed, message),
-                Err(_) => ControlResponse::error(ControlErrorKind::BootFailed, "the VMM is exiting"),
+                Err(_) => {
+                    ControlResponse::error(ControlErrorKind::BootFailed, "the VMM is exiting")
+                }
             }
         }
         ControlRequest::Status {} => match lock(&shared.vm).clone() {
-            Some(vm) => ControlResponse::ok(report::status(&vm, shared.stopping.load(Ordering::SeqCst))),
+            Some(vm) => {
+                ControlResponse::ok(report::status(&vm, shared.stopping.load(Ordering::SeqCst)))
+            }
             None => ControlResponse::ok(report::waiting_status()),
         },
         ControlRequest::Metrics {} => match running(shared) {
@@ -185,11 +206,18 @@ fn handle(
                 Err(response) => return response,
             };
             let Some(drive) = vm.drives.iter().find(|d| lock(d).id() == id) else {
-                return ControlResponse::error(ControlErrorKind::NotFound, format!("no drive {id:?}"));
+                return ControlResponse::error(
+                    ControlErrorKind::NotFound,
+                    format!("no drive {id:?}"),
+                );
             };
             match lock(drive).set_backing(path.as_deref()) {
-                Ok(sectors) => ControlResponse::ok(json!({"id": id, "path": path, "sectors": sectors})),
-                Err(error) => ControlResponse::error(ControlErrorKind::HostError, error_chain(&error)),
+                Ok(sectors) => {
+                    ControlResponse::ok(json!({"id": id, "path": path, "sectors": sectors}))
+                }
+                Err(error) => {
+                    ControlResponse::error(ControlErrorKind::HostError, error_chain(&error))
+                }
             }
         }
         ControlRequest::Stop { .. } => unreachable!("stop is answered before dispatch"),

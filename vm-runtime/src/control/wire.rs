@@ -72,7 +72,8 @@ impl LineStream {
             .into_iter()
             .partition(|(offset, _)| *offset < line_end);
         self.pending_fds = later;
-        let text = String::from_utf8(line[..line.len() - 1].to_vec()).map_err(|_| WireError::NotUtf8)?;
+        let text =
+            String::from_utf8(line[..line.len() - 1].to_vec()).map_err(|_| WireError::NotUtf8)?;
         let fds = fds.into_iter().map(|(_, fd)| fd).collect();
         Ok(Some((text, fds)))
     }
@@ -101,7 +102,8 @@ impl LineStream {
                     for fd in fds {
                         // SAFETY: the kernel just installed `fd` in this
                         // process for us (SCM_RIGHTS); nothing else owns it.
-                        self.pending_fds.push((last_byte, unsafe { OwnedFd::from_raw_fd(fd) }));
+                        self.pending_fds
+                            .push((last_byte, unsafe { OwnedFd::from_raw_fd(fd) }));
                     }
                 }
             }

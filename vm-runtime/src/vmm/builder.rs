@@ -185,10 +185,8 @@ impl MmioDevices<'_> {
                 crate::vstate::layout::virtio_irq_count(),
             )));
         }
-        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| BuildError::Device {
-            what: kind,
-            source,
-        })?;
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|source| BuildError::Device { what: kind, source })?;
         self.vm
             .fd
             .register_irqfd(&irqfd, irq)
@@ -200,7 +198,11 @@ impl MmioDevices<'_> {
         {
             self.vm
                 .fd
-                .register_ioevent(evt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET), queue as u32)
+                .register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                    queue as u32,
+                )
                 .map_err(BuildError::Wiring)?;
         }
         let as_virtio: Arc<Mutex<dyn VirtioDevice>> = device.clone();
@@ -277,11 +279,10 @@ pub fn build(
             source,
         })?;
     let power_down_events = events.clone();
-    let console_log = ConsoleLog::new(log_file, console_watch.clone()).on_power_down(Box::new(
-        move || {
+    let console_log =
+        ConsoleLog::new(log_file, console_watch.clone()).on_power_down(Box::new(move || {
             let _ = power_down_events.send(VmmEvent::Guest(GuestEvent::PowerOff));
-        },
-    ));
+        }));
     let serial_irq = legacy_irq(&vm, IRQ_SERIAL, "serial")?;
     let console = Arc::new(Mutex::new(SerialConsole::new(serial_irq, console_log)));
     let reset_events = events.clone();
@@ -308,20 +309,24 @@ pub fn build(
     };
     let mut drives = Vec::new();
     for drive in &config.drives {
-        let block = Block::new(&drive.id, drive.path.as_deref(), drive.read_only).map_err(
-            |source| BuildError::Drive {
-                id: drive.id.clone(),
-                source,
-            },
-        )?;
+        let block =
+            Block::new(&drive.id, drive.path.as_deref(), drive.read_only).map_err(|source| {
+                BuildError::Drive {
+                    id: drive.id.clone(),
+                    source,
+                }
+            })?;
         let metrics = metrics_json(block.metrics());
         let block = Arc::new(Mutex::new(block));
         mmio.attach(&drive.id, "block", block.clone(), metrics)?;
         drives.push(block);
     }
     if let Some(vsock) = &config.vsock {
-        let device = Vsock::new(vsock.guest_cid, &vsock.uds_path)
-            .map_err(|source| BuildError::Device { what: "vsock", source })?;
+        let device =
+            Vsock::new(vsock.guest_cid, &vsock.uds_path).map_err(|source| BuildError::Device {
+                what: "vsock",
+                source,
+            })?;
         let metrics = metrics_json(device.metrics());
         mmio.attach("vsock", "vsock", Arc::new(Mutex::new(device)), metrics)?;
     }
@@ -330,26 +335,38 @@ pub fn build(
         let tap = match &net.tap {
             TapSource::Name(name) => Tap::open_named(name),
             TapSource::PassedFd(index) => {
-                let fd = passed_fds.get_mut(*index).and_then(Option::take).ok_or_else(|| {
-                    BuildError::DeviceConfig {
+                let fd = passed_fds
+                    .get_mut(*index)
+                    .and_then(Option::take)
+                    .ok_or_else(|| BuildError::DeviceConfig {
                         what: "net",
-                        message: format!("no file descriptor {index} was passed with the boot request"),
-                    }
-                })?;
+                        message: format!(
+                            "no file descriptor {index} was passed with the boot request"
+                        ),
+                    })?;
                 Tap::from_fd(fd)
             }
         }
-        .map_err(|source| BuildError::Tap { id: net.id.clone(), source })?;
+        .map_err(|source| BuildError::Tap {
+            id: net.id.clone(),
+            source,
+        })?;
         let mac = match &net.mac {
             Some(mac) => parse_mac(mac)?,
             None => random_mac(),
         };
-        let device = Net::new(&net.id, tap, mac).map_err(|source| BuildError::Device { what: "net", source })?;
+        let device = Net::new(&net.id, tap, mac).map_err(|source| BuildError::Device {
+            what: "net",
+            source,
+        })?;
         let metrics = metrics_json(device.metrics());
         mmio.attach(&net.id, "net", Arc::new(Mutex::new(device)), metrics)?;
     }
     if config.rng {
-        let rng = Rng::new().map_err(|source| BuildError::Device { what: "rng", source })?;
+        let rng = Rng::new().map_err(|source| BuildError::Device {
+            what: "rng",
+            source,
+        })?;
         let metrics = metrics_json(rng.metrics());
         mmio.attach("rng", "rng", Arc::new(Mutex::new(rng)), metrics)?;
     }
@@ -472,7 +489,8 @@ fn drop_capabilities(thread: &'static str) {
 }
 
 fn legacy_irq(vm: &Vm, irq: u32, what: &'static str) -> Result<IrqLine, BuildError> {
-    let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| BuildError::Device { what, source })?;
+    let fd =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(|source| BuildError::Device { what, source })?;
     vm.fd.register_irqfd(&fd, irq).map_err(BuildError::Wiring)?;
     Ok(IrqLine(fd))
 }

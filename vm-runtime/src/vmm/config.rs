@@ -132,7 +132,10 @@ pub fn parse_mac(mac: &str) -> Result<[u8; 6], ConfigError> {
 impl VmConfig {
     /// Number of virtio-mmio devices this config creates.
     pub fn virtio_device_count(&self) -> usize {
-        self.drives.len() + self.net.len() + usize::from(self.vsock.is_some()) + usize::from(self.rng)
+        self.drives.len()
+            + self.net.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.rng)
     }
 
     /// Checks what can be checked without touching the host.
@@ -161,7 +164,10 @@ impl VmConfig {
         }
         let lines = crate::vstate::layout::virtio_irq_count();
         if self.virtio_device_count() > lines {
-            return Err(ConfigError::TooManyDevices(self.virtio_device_count(), lines));
+            return Err(ConfigError::TooManyDevices(
+                self.virtio_device_count(),
+                lines,
+            ));
         }
         Ok(())
     }
@@ -220,24 +226,51 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::Memory(8))));
         let mut c = minimal();
         c.drives = vec![
-            DriveConfig { id: "a".into(), path: None, read_only: false },
-            DriveConfig { id: "a".into(), path: None, read_only: false },
+            DriveConfig {
+                id: "a".into(),
+                path: None,
+                read_only: false,
+            },
+            DriveConfig {
+                id: "a".into(),
+                path: None,
+                read_only: false,
+            },
         ];
         assert!(matches!(c.validate(), Err(ConfigError::DriveId(_))));
         let mut c = minimal();
-        c.vsock = Some(VsockConfig { guest_cid: 2, uds_path: "/v".into() });
+        c.vsock = Some(VsockConfig {
+            guest_cid: 2,
+            uds_path: "/v".into(),
+        });
         assert!(matches!(c.validate(), Err(ConfigError::GuestCid(2))));
         let mut c = minimal();
         c.drives = (0..30)
-            .map(|i| DriveConfig { id: format!("d{i}"), path: None, read_only: false })
+            .map(|i| DriveConfig {
+                id: format!("d{i}"),
+                path: None,
+                read_only: false,
+            })
             .collect();
-        assert!(matches!(c.validate(), Err(ConfigError::TooManyDevices(30, _))));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::TooManyDevices(30, _))
+        ));
     }
 
     #[test]
     fn mac_parsing() {
-        assert_eq!(parse_mac("02:0a:ff:00:01:10").unwrap(), [2, 10, 255, 0, 1, 16]);
-        for bad in ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "zz:00:00:00:00:00", "2:00:00:00:00:000"] {
+        assert_eq!(
+            parse_mac("02:0a:ff:00:01:10").unwrap(),
+            [2, 10, 255, 0, 1, 16]
+        );
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "zz:00:00:00:00:00",
+            "2:00:00:00:00:000",
+        ] {
             assert!(parse_mac(bad).is_err(), "{bad}");
         }
     }

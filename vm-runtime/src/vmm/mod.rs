@@ -9,9 +9,9 @@ pub mod timeline;
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::control::server::{self, ControlShared};
@@ -158,15 +158,17 @@ pub fn run(options: VmmOptions) -> Result<VmmExit, VmmError> {
     let mut pending_stop: Option<PendingStop> = None;
     let reason = loop {
         let event = match &pending_stop {
-            Some(stop) => match inbox.recv_timeout(stop.deadline.saturating_duration_since(Instant::now())) {
-                Ok(event) => event,
-                Err(RecvTimeoutError::Timeout) => {
-                    break ExitReason::Stopped {
-                        mode: StopMode::GracefulTimedOut,
-                    };
+            Some(stop) => {
+                match inbox.recv_timeout(stop.deadline.saturating_duration_since(Instant::now())) {
+                    Ok(event) => event,
+                    Err(RecvTimeoutError::Timeout) => {
+                        break ExitReason::Stopped {
+                            mode: StopMode::GracefulTimedOut,
+                        };
+                    }
+                    Err(RecvTimeoutError::Disconnected) => unreachable!("main holds a sender"),
                 }
-                Err(RecvTimeoutError::Disconnected) => unreachable!("main holds a sender"),
-            },
+            }
             None => inbox.recv().expect("main holds a sender"),
         };
         match event {
@@ -191,14 +193,21 @@ pub fn run(options: VmmOptions) -> Result<VmmExit, VmmError> {
             }
             VmmEvent::Stop(request) => match (&vm, request.mode) {
                 (Some(handle), StopMode::Graceful) if pending_stop.is_none() => {
-                    tracing::info!(timeout_ms = request.timeout_ms, "asking the guest to shut down");
+                    tracing::info!(
+                        timeout_ms = request.timeout_ms,
+                        "asking the guest to shut down"
+                    );
                     lock(&handle.i8042).send_ctrl_alt_del();
                     pending_stop = Some(PendingStop {
                         deadline: Instant::now() + Duration::from_millis(request.timeout_ms),
                     });
                 }
                 (_, StopMode::Graceful) if pending_stop.is_some() => {}
-                _ => break ExitReason::Stopped { mode: StopMode::Forced },
+                _ => {
+                    break ExitReason::Stopped {
+                        mode: StopMode::Forced,
+                    };
+                }
             },
             VmmEvent::Guest(event) => {
                 let panic_line = vm
@@ -207,7 +216,9 @@ pub fn run(options: VmmOptions) -> Result<VmmExit, VmmError> {
                 let reason = guest_exit_reason(event, panic_line);
                 break match (reason, &pending_stop) {
                     (ExitReason::GuestReboot | ExitReason::GuestPoweroff, Some(_)) => {
-                        ExitReason::Stopped { mode: StopMode::Graceful }
+                        ExitReason::Stopped {
+                            mode: StopMode::Graceful,
+                        }
                     }
                     (reason, _) => reason,
                 };
@@ -224,9 +235,10 @@ pub fn guest_exit_reason(event: GuestEvent, panic_line: Option<String>) -> ExitR
     match (event, panic_line) {
         (GuestEvent::Failed(message), _) => ExitReason::VmmError { message },
         (GuestEvent::PowerOff, _) => ExitReason::GuestPoweroff,
-        (GuestEvent::Reset | GuestEvent::TripleFault | GuestEvent::CrashReported, Some(message)) => {
-            ExitReason::GuestPanic { message }
-        }
+        (
+            GuestEvent::Reset | GuestEvent::TripleFault | GuestEvent::CrashReported,
+            Some(message),
+        ) => ExitReason::GuestPanic { message },
         (GuestEvent::CrashReported, None) => ExitReason::GuestPanic {
             message: "the guest reported a crash".into(),
         },
@@ -283,18 +295,29 @@ mod tests {
 
     #[test]
     fn panic_on_the_console_turns_resets_into_panics() {
-        let line = Some("Kernel panic - not syncing: sysrq triggered crash".to_string());
+        let line = "Kernel panic - not syncing: sysrq triggered crash".to_string();
         assert_eq!(
-            guest_exit_reason(GuestEvent::Reset, line.clone()),
-            ExitReason::GuestPanic { message: line.clone().unwrap() }
+            guest_exit_reason(GuestEvent::Reset, Some(line.clone())),
+            ExitReason::GuestPanic {
+                message: line.clone()
+            }
         );
         assert_eq!(
-            guest_exit_reason(GuestEvent::TripleFault, line.clone()),
-            ExitReason::GuestPanic { message: line.unwrap() }
+            guest_exit_reason(GuestEvent::TripleFault, Some(line.clone())),
+            ExitReason::GuestPanic { message: line }
         );
-        assert_eq!(guest_exit_reason(GuestEvent::Reset, None), ExitReason::GuestReboot);
-        assert_eq!(guest_exit_reason(GuestEvent::TripleFault, None), ExitReason::TripleFault);
-        assert_eq!(guest_exit_reason(GuestEvent::PowerOff, None), ExitReason::GuestPoweroff);
+        assert_eq!(
+            guest_exit_reason(GuestEvent::Reset, None),
+            ExitReason::GuestReboot
+        );
+        assert_eq!(
+            guest_exit_reason(GuestEvent::TripleFault, None),
+            ExitReason::TripleFault
+        );
+        assert_eq!(
+            guest_exit_reason(GuestEvent::PowerOff, None),
+            ExitReason::GuestPoweroff
+        );
         assert!(matches!(
             guest_exit_reason(GuestEvent::Failed("x".into()), None),
             ExitReason::VmmError { .. }

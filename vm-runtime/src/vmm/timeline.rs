@@ -16,7 +16,10 @@ pub fn mark_process_start() {
 
 /// Microseconds since process start.
 pub fn since_start_us() -> u64 {
-    PROCESS_START.get_or_init(Instant::now).elapsed().as_micros() as u64
+    PROCESS_START
+        .get_or_init(Instant::now)
+        .elapsed()
+        .as_micros() as u64
 }
 
 /// Phases of a boot, in order.

@@ -81,9 +81,15 @@ fn open(what: &'static str, path: &Path) -> Result<File, BootError> {
 /// Tells an ELF vmlinux from a bzImage by its first bytes.
 pub fn detect_format(image: &mut File) -> Result<KernelFormat, BootError> {
     let mut magic = [0u8; 4];
-    image.seek(SeekFrom::Start(0)).map_err(BootError::ReadKernel)?;
-    image.read_exact(&mut magic).map_err(BootError::ReadKernel)?;
-    image.seek(SeekFrom::Start(0)).map_err(BootError::ReadKernel)?;
+    image
+        .seek(SeekFrom::Start(0))
+        .map_err(BootError::ReadKernel)?;
+    image
+        .read_exact(&mut magic)
+        .map_err(BootError::ReadKernel)?;
+    image
+        .seek(SeekFrom::Start(0))
+        .map_err(BootError::ReadKernel)?;
     Ok(if magic == *b"\x7fELF" {
         KernelFormat::Elf
     } else {
@@ -149,8 +155,8 @@ pub fn load_initramfs(
     // The 2.03+ boot protocol's initrd_addr_max is the last usable byte.
     let kernel_limit = kernel.initrd_addr_max.map_or(0x3fff_ffff + 1, |m| m + 1);
     let limit = memory::low_ram_end(mem).raw_value().min(kernel_limit);
-    let address = initramfs_address(size, limit)
-        .ok_or(BootError::InitramfsTooLarge { size, limit })?;
+    let address =
+        initramfs_address(size, limit).ok_or(BootError::InitramfsTooLarge { size, limit })?;
     mem.read_exact_volatile_from(GuestAddress(address), &mut file, size as usize)
         .map_err(BootError::LoadInitramfs)?;
     Ok(InitramfsLocation {
@@ -167,7 +173,9 @@ pub fn build_cmdline(base: &str, devices: &[String], extra: &str) -> Result<Cmdl
         .chain(std::iter::once(extra))
         .filter(|p| !p.trim().is_empty())
     {
-        cmdline.insert_str(part.trim()).map_err(BootError::Cmdline)?;
+        cmdline
+            .insert_str(part.trim())
+            .map_err(BootError::Cmdline)?;
     }
     Ok(cmdline)
 }
@@ -211,7 +219,11 @@ pub fn write_boot_params(
     initramfs: Option<InitramfsLocation>,
 ) -> Result<(), BootError> {
     load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline).map_err(BootError::WriteCmdline)?;
-    let cmdline_len = cmdline.as_cstring().map_err(BootError::Cmdline)?.as_bytes().len();
+    let cmdline_len = cmdline
+        .as_cstring()
+        .map_err(BootError::Cmdline)?
+        .as_bytes()
+        .len();
 
     let mut params = boot_params::default();
     if let Some(header) = kernel.setup_header {
@@ -255,8 +267,12 @@ mod tests {
 
     #[test]
     fn cmdline_joins_parts_and_rejects_overflow() {
-        let c = build_cmdline("console=ttyS0", &["virtio_mmio.device=4K@0xd0000000:5".into()], " quiet ")
-            .unwrap();
+        let c = build_cmdline(
+            "console=ttyS0",
+            &["virtio_mmio.device=4K@0xd0000000:5".into()],
+            " quiet ",
+        )
+        .unwrap();
         assert_eq!(
             c.as_cstring().unwrap().to_str().unwrap(),
             "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 quiet"

@@ -102,9 +102,7 @@ pub fn for_vcpu(supported: &CpuId, cpu_index: u8, vcpus: u8) -> Result<CpuId, Cp
                 // EAX[31:26] cores per package - 1; EAX[25:14] threads sharing this cache - 1.
                 let level = (entry.eax >> 5) & 0x7;
                 let sharing = if level >= 3 { (1 << core_bits) - 1 } else { 0 };
-                entry.eax = (entry.eax & 0x3fff)
-                    | (sharing << 14)
-                    | (((1 << core_bits) - 1) << 26);
+                entry.eax = (entry.eax & 0x3fff) | (sharing << 14) | (((1 << core_bits) - 1) << 26);
             }
             LEAF_PMU => {
                 // No virtual PMU: the guest must not program counters.
@@ -170,7 +168,14 @@ fn topology_leaf(apic_id: u32, count: u32, core_bits: u32) -> [kvm_cpuid_entry2;
 mod tests {
     use super::*;
 
-    fn entry(function: u32, index: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
+    fn entry(
+        function: u32,
+        index: u32,
+        eax: u32,
+        ebx: u32,
+        ecx: u32,
+        edx: u32,
+    ) -> kvm_cpuid_entry2 {
         kvm_cpuid_entry2 {
             function,
             index,

@@ -11,7 +11,7 @@ use std::os::fd::FromRawFd;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{
-    Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestMemoryMmap,
+    Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
 
 use super::layout::{MMIO_GAP_END, MMIO_GAP_START};
@@ -105,7 +105,10 @@ pub fn total_size(mem: &GuestMemoryMmap) -> u64 {
 
 /// End of the RAM below the MMIO gap (exclusive).
 pub fn low_ram_end(mem: &GuestMemoryMmap) -> GuestAddress {
-    let first = mem.iter().next().expect("guest memory has at least one region");
+    let first = mem
+        .iter()
+        .next()
+        .expect("guest memory has at least one region");
     first.start_addr().unchecked_add(first.len())
 }
 
@@ -123,21 +126,31 @@ mod tests {
     fn large_vm_skips_the_mmio_gap() {
         let r = ram_ranges(4 << 30);
         assert_eq!(r[0], (GuestAddress(0), MMIO_GAP_START));
-        assert_eq!(r[1], (GuestAddress(MMIO_GAP_END), (4 << 30) - MMIO_GAP_START));
+        assert_eq!(
+            r[1],
+            (GuestAddress(MMIO_GAP_END), (4 << 30) - MMIO_GAP_START)
+        );
     }
 
     #[test]
     fn memfd_memory_is_readable_and_writable() {
         let mem = create_guest_memory(64).unwrap();
         assert_eq!(total_size(&mem), 64 << 20);
-        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000)).unwrap();
-        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
         assert!(mem.write_obj(1u8, GuestAddress(64 << 20)).is_err());
         assert_eq!(low_ram_end(&mem), GuestAddress(64 << 20));
     }
 
     #[test]
     fn rejects_tiny_memory() {
-        assert!(matches!(create_guest_memory(1), Err(MemoryError::InvalidSize(1))));
+        assert!(matches!(
+            create_guest_memory(1),
+            Err(MemoryError::InvalidSize(1))
+        ));
     }
 }

@@ -90,8 +90,11 @@ pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
     }
     mem.write_obj(0u64, GuestAddress(BOOT_IDT_START))
         .map_err(RegsError::Write)?;
-    mem.write_obj(PDPTE_START | PAGE_PRESENT_WRITABLE, GuestAddress(PML4_START))
-        .map_err(RegsError::Write)?;
+    mem.write_obj(
+        PDPTE_START | PAGE_PRESENT_WRITABLE,
+        GuestAddress(PML4_START),
+    )
+    .map_err(RegsError::Write)?;
     mem.write_obj(PDE_START | PAGE_PRESENT_WRITABLE, GuestAddress(PDPTE_START))
         .map_err(RegsError::Write)?;
     // 512 × 2 MiB pages: the first GiB, identity mapped.
@@ -211,12 +214,18 @@ fn set_delivery_mode(reg: u32, mode: u32) -> u32 {
 }
 
 fn lapic_reg(lapic: &kvm_bindings::kvm_lapic_state, offset: usize) -> u32 {
-    let bytes: Vec<u8> = lapic.regs[offset..offset + 4].iter().map(|b| *b as u8).collect();
+    let bytes: Vec<u8> = lapic.regs[offset..offset + 4]
+        .iter()
+        .map(|b| *b as u8)
+        .collect();
     u32::from_le_bytes(bytes.try_into().expect("four bytes"))
 }
 
 fn set_lapic_reg(lapic: &mut kvm_bindings::kvm_lapic_state, offset: usize, value: u32) {
-    for (dst, src) in lapic.regs[offset..offset + 4].iter_mut().zip(value.to_le_bytes()) {
+    for (dst, src) in lapic.regs[offset..offset + 4]
+        .iter_mut()
+        .zip(value.to_le_bytes())
+    {
         *dst = src as _;
     }
 }
@@ -225,9 +234,17 @@ fn set_lapic_reg(lapic: &mut kvm_bindings::kvm_lapic_state, offset: usize, value
 pub fn set_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let mut lapic = vcpu.get_lapic().map_err(kvm_err("LAPIC"))?;
     let lvt0 = lapic_reg(&lapic, APIC_LVT0);
-    set_lapic_reg(&mut lapic, APIC_LVT0, set_delivery_mode(lvt0, APIC_MODE_EXTINT));
+    set_lapic_reg(
+        &mut lapic,
+        APIC_LVT0,
+        set_delivery_mode(lvt0, APIC_MODE_EXTINT),
+    );
     let lvt1 = lapic_reg(&lapic, APIC_LVT1);
-    set_lapic_reg(&mut lapic, APIC_LVT1, set_delivery_mode(lvt1, APIC_MODE_NMI));
+    set_lapic_reg(
+        &mut lapic,
+        APIC_LVT1,
+        set_delivery_mode(lvt1, APIC_MODE_NMI),
+    );
     vcpu.set_lapic(&lapic).map_err(kvm_err("LAPIC"))
 }
 
@@ -236,7 +253,8 @@ pub fn setup_boot_vcpu(vcpu: &VcpuFd, entry: GuestAddress) -> Result<(), RegsErr
     let sregs = vcpu.get_sregs().map_err(kvm_err("special registers"))?;
     vcpu.set_sregs(&boot_sregs(sregs))
         .map_err(kvm_err("special registers"))?;
-    vcpu.set_regs(&boot_regs(entry)).map_err(kvm_err("registers"))
+    vcpu.set_regs(&boot_regs(entry))
+        .map_err(kvm_err("registers"))
 }
 
 /// FPU, MSRs and LAPIC for every vCPU (secondary vCPUs wait for INIT/SIPI).

@@ -82,7 +82,8 @@ impl Vm {
         let fd = kvm.create_vm().map_err(kvm_err("create a VM"))?;
         fd.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(kvm_err("set the TSS address"))?;
-        fd.create_irq_chip().map_err(kvm_err("create the irqchip"))?;
+        fd.create_irq_chip()
+            .map_err(kvm_err("create the irqchip"))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()

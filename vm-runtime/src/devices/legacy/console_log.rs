@@ -121,7 +121,8 @@ mod tests {
         for b in b"[ 1.0] Kernel panic - not syncing: sysrq triggered crash\n" {
             log.write_all(&[*b]).unwrap();
         }
-        log.write_all(b"Kernel panic - not syncing: second\n").unwrap();
+        log.write_all(b"Kernel panic - not syncing: second\n")
+            .unwrap();
         let line = watch.lock().unwrap().panic_line.clone().unwrap();
         assert!(line.ends_with("sysrq triggered crash"), "{line}");
     }
@@ -130,7 +131,8 @@ mod tests {
     fn ordinary_output_is_not_a_panic() {
         let watch = SharedConsoleWatch::default();
         let mut log = ConsoleLog::new(Vec::new(), watch.clone());
-        log.write_all(b"Kernel panic is a phrase\nnot syncing\n").unwrap();
+        log.write_all(b"Kernel panic is a phrase\nnot syncing\n")
+            .unwrap();
         assert!(watch.lock().unwrap().panic_line.is_none());
     }
 
@@ -144,7 +146,8 @@ mod tests {
                 s2.fetch_add(1, Ordering::SeqCst);
             }),
         );
-        log.write_all(b"[    2.1] reboot: Restarting system\n").unwrap();
+        log.write_all(b"[    2.1] reboot: Restarting system\n")
+            .unwrap();
         assert_eq!(seen.load(Ordering::SeqCst), 0);
         log.write_all(b"[    2.1] reboot: Power down\n").unwrap();
         assert_eq!(seen.load(Ordering::SeqCst), 1);

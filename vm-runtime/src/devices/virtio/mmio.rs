@@ -16,9 +16,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{
-    Activation, FEATURE_VERSION_1, InterruptKind, VirtioDevice, VirtioInterrupt,
-};
+use super::{Activation, FEATURE_VERSION_1, InterruptKind, VirtioDevice, VirtioInterrupt};
 use crate::devices::bus::{BusDevice, lock};
 
 const MMIO_MAGIC: u32 = 0x7472_6976; // "virt"
@@ -121,11 +119,14 @@ impl MmioTransport {
     }
 
     fn queue_config_allowed(&self) -> bool {
-        self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 && self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0
+        self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
+            && self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0
     }
 
     fn invalid_access(&self, what: &'static str, offset: u64) {
-        self.metrics.invalid_accesses.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .invalid_accesses
+            .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(offset, what, "invalid virtio-mmio access ignored");
     }
 
@@ -176,9 +177,13 @@ impl MmioTransport {
     }
 
     fn write_driver_features(&mut self, value: u32) {
-        if self.status & VIRTIO_CONFIG_S_DRIVER == 0 || self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
+        if self.status & VIRTIO_CONFIG_S_DRIVER == 0
+            || self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
         {
-            self.invalid_access("feature write outside feature negotiation", REG_DRIVER_FEATURES);
+            self.invalid_access(
+                "feature write outside feature negotiation",
+                REG_DRIVER_FEATURES,
+            );
             return;
         }
         let value = u64::from(value);
@@ -344,7 +349,7 @@ impl BusDevice for MmioTransport {
             lock(&self.device).read_config(offset - CONFIG_SPACE_OFFSET, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             self.invalid_access("register read that is not 32-bit aligned", offset);
             data.fill(0);
             return;
@@ -362,7 +367,7 @@ impl BusDevice for MmioTransport {
             self.invalid_access("register write that is not 32 bits", offset);
             return;
         };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             self.invalid_access("unaligned register write", offset);
             return;
         }
@@ -440,12 +445,20 @@ mod tests {
 
     fn negotiate(t: &mut MmioTransport) {
         w(t, REG_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-        w(t, REG_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
+        w(
+            t,
+            REG_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+        );
         w(t, REG_DRIVER_FEATURES_SEL, 1);
         w(t, REG_DRIVER_FEATURES, 1);
         w(t, REG_DRIVER_FEATURES_SEL, 0);
         w(t, REG_DRIVER_FEATURES, 1);
-        w(t, REG_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK);
+        w(
+            t,
+            REG_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK,
+        );
     }
 
     fn setup_queue(t: &mut MmioTransport, index: u32, base: u32) {
@@ -480,7 +493,10 @@ mod tests {
     fn full_handshake_activates_the_device() {
         let (mut t, dev, _) = setup();
         negotiate(&mut t);
-        assert_eq!(r(&mut t, REG_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_FEATURES_OK);
+        assert_eq!(
+            r(&mut t, REG_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK,
+            VIRTIO_CONFIG_S_FEATURES_OK
+        );
         setup_queue(&mut t, 0, 0x1_0000);
         setup_queue(&mut t, 1, 0x2_0000);
         w(&mut t, REG_STATUS, ALL_OK);
@@ -501,9 +517,17 @@ mod tests {
     fn legacy_driver_is_refused_features_ok() {
         let (mut t, _, _) = setup();
         w(&mut t, REG_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-        w(&mut t, REG_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
+        w(
+            &mut t,
+            REG_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+        );
         w(&mut t, REG_DRIVER_FEATURES, 1);
-        w(&mut t, REG_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK);
+        w(
+            &mut t,
+            REG_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK,
+        );
         assert_eq!(r(&mut t, REG_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK, 0);
     }
 

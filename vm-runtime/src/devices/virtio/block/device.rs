@@ -176,11 +176,7 @@ impl Block {
             }
             used_any = true;
         }
-        used_any
-            && active
-                .queue
-                .needs_notification(&active.mem)
-                .unwrap_or(true)
+        used_any && active.queue.needs_notification(&active.mem).unwrap_or(true)
     }
 
     /// Raises the queue interrupt.
@@ -288,7 +284,11 @@ mod tests {
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
-    fn activate(block: &mut Block, m: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>) -> EventFd {
+    fn activate(
+        block: &mut Block,
+        m: &GuestMemoryMmap,
+        q: &MockSplitQueue<GuestMemoryMmap>,
+    ) -> EventFd {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         block
             .activate(Activation {
@@ -308,8 +308,17 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, (addr, len, flags))| {
-                let next = if i + 1 < n { virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16 } else { 0 };
-                RawDescriptor::from(SplitDescriptor::new(*addr, *len, flags | next, first + i as u16 + 1))
+                let next = if i + 1 < n {
+                    virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16
+                } else {
+                    0
+                };
+                RawDescriptor::from(SplitDescriptor::new(
+                    *addr,
+                    *len,
+                    flags | next,
+                    first + i as u16 + 1,
+                ))
             })
             .collect()
     }
@@ -334,9 +343,23 @@ mod tests {
 
         // A read from the empty slot fails with IOERR.
         header(&m, 0x1_0000, 0, 0);
-        q.add_desc_chains(&chain(0, &[(0x1_0000, 16, 0), (0x2_0000, 512, WRITE), (0x3_0000, 1, WRITE)]), 0).unwrap();
+        q.add_desc_chains(
+            &chain(
+                0,
+                &[
+                    (0x1_0000, 16, 0),
+                    (0x2_0000, 512, WRITE),
+                    (0x3_0000, 1, WRITE),
+                ],
+            ),
+            0,
+        )
+        .unwrap();
         assert!(block.process_queue());
-        assert_eq!(m.read_obj::<u8>(GuestAddress(0x3_0000)).unwrap(), VIRTIO_BLK_S_IOERR);
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(0x3_0000)).unwrap(),
+            VIRTIO_BLK_S_IOERR
+        );
 
         // Fill the slot: capacity and generation change, config interrupt raised.
         let f = tempfile::NamedTempFile::new().unwrap();
@@ -349,9 +372,23 @@ mod tests {
         assert!(irq.read().unwrap() >= 1);
 
         // The same read now returns the new file's content.
-        q.add_desc_chains(&chain(3, &[(0x1_0000, 16, 0), (0x2_0000, 512, WRITE), (0x3_0000, 1, WRITE)]), 3).unwrap();
+        q.add_desc_chains(
+            &chain(
+                3,
+                &[
+                    (0x1_0000, 16, 0),
+                    (0x2_0000, 512, WRITE),
+                    (0x3_0000, 1, WRITE),
+                ],
+            ),
+            3,
+        )
+        .unwrap();
         assert!(block.process_queue());
-        assert_eq!(m.read_obj::<u8>(GuestAddress(0x3_0000)).unwrap(), VIRTIO_BLK_S_OK);
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(0x3_0000)).unwrap(),
+            VIRTIO_BLK_S_OK
+        );
         assert_eq!(m.read_obj::<u8>(GuestAddress(0x2_0000)).unwrap(), 0x77);
         let metrics = block.metrics();
         assert_eq!(metrics.read_requests.load(Ordering::Relaxed), 1);
@@ -369,11 +406,26 @@ mod tests {
         activate(&mut block, &m, &q);
         // Write whose data descriptor is device-writable: wrong direction.
         header(&m, 0x1_0000, 1, 0);
-        q.add_desc_chains(&chain(0, &[(0x1_0000, 16, 0), (0x2_0000, 512, WRITE), (0x3_0000, 1, WRITE)]), 0).unwrap();
+        q.add_desc_chains(
+            &chain(
+                0,
+                &[
+                    (0x1_0000, 16, 0),
+                    (0x2_0000, 512, WRITE),
+                    (0x3_0000, 1, WRITE),
+                ],
+            ),
+            0,
+        )
+        .unwrap();
         // Chain whose status byte is outside guest memory: dropped, used with length 0.
-        q.add_desc_chains(&chain(3, &[(0x1_0000, 16, 0), (0x20_0000, 1, WRITE)]), 3).unwrap();
+        q.add_desc_chains(&chain(3, &[(0x1_0000, 16, 0), (0x20_0000, 1, WRITE)]), 3)
+            .unwrap();
         assert!(block.process_queue());
-        assert_eq!(m.read_obj::<u8>(GuestAddress(0x3_0000)).unwrap(), VIRTIO_BLK_S_IOERR);
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(0x3_0000)).unwrap(),
+            VIRTIO_BLK_S_IOERR
+        );
         let metrics = block.metrics();
         assert_eq!(metrics.failed_requests.load(Ordering::Relaxed), 2);
         assert_eq!(metrics.dropped_chains.load(Ordering::Relaxed), 1);
@@ -388,9 +440,13 @@ mod tests {
         let q = MockSplitQueue::new(&m, 16);
         activate(&mut block, &m, &q);
         header(&m, 0x1_0000, 13, 0);
-        q.add_desc_chains(&chain(0, &[(0x1_0000, 16, 0), (0x3_0000, 1, WRITE)]), 0).unwrap();
+        q.add_desc_chains(&chain(0, &[(0x1_0000, 16, 0), (0x3_0000, 1, WRITE)]), 0)
+            .unwrap();
         block.process_queue();
-        assert_eq!(m.read_obj::<u8>(GuestAddress(0x3_0000)).unwrap(), VIRTIO_BLK_S_UNSUPP);
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(0x3_0000)).unwrap(),
+            VIRTIO_BLK_S_UNSUPP
+        );
     }
 
     #[test]

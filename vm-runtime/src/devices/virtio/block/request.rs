@@ -143,7 +143,9 @@ impl Request {
         let descriptors: Vec<_> = chain.take(MAX_DATA_SEGMENTS + 3).collect();
         let fail = |error, status| ParseFailure { error, status };
 
-        let last = descriptors.last().ok_or(fail(RequestError::EmptyChain, None))?;
+        let last = descriptors
+            .last()
+            .ok_or(fail(RequestError::EmptyChain, None))?;
         let status = (descriptors.len() >= 2
             && last.is_write_only()
             && last.len() >= 1
@@ -194,7 +196,7 @@ impl Request {
         }
         if matches!(request_type, RequestType::In | RequestType::Out) {
             let total: u64 = data.iter().map(|(_, len)| u64::from(*len)).sum();
-            if total % SECTOR_SIZE != 0 {
+            if !total.is_multiple_of(SECTOR_SIZE) {
                 return Err(fail(RequestError::PartialSector(total), status));
             }
         }
@@ -336,17 +338,37 @@ mod tests {
         let (f, mut d) = disk(8);
         m.write_slice(&[0x5a; 1024], GuestAddress(DATA)).unwrap();
         header(&m, VIRTIO_BLK_T_OUT, 2);
-        let w = parse(&m, &[desc(HDR, 16, 0), desc(DATA, 1024, 0), desc(STATUS, 1, WRITE)]).unwrap();
+        let w = parse(
+            &m,
+            &[
+                desc(HDR, 16, 0),
+                desc(DATA, 1024, 0),
+                desc(STATUS, 1, WRITE),
+            ],
+        )
+        .unwrap();
         assert_eq!(w.request_type, RequestType::Out);
         assert_eq!(w.execute(&m, Some(&mut d), false, &[0; 20]).unwrap(), 0);
         let mut on_disk = vec![0u8; 8 * 512];
-        std::fs::File::open(f.path()).unwrap().read_exact(&mut on_disk).unwrap();
+        std::fs::File::open(f.path())
+            .unwrap()
+            .read_exact(&mut on_disk)
+            .unwrap();
         assert!(on_disk[1024..2048].iter().all(|b| *b == 0x5a));
         assert!(on_disk[..1024].iter().all(|b| *b == 0));
 
         m.write_slice(&[0; 1024], GuestAddress(DATA)).unwrap();
         header(&m, VIRTIO_BLK_T_IN, 2);
-        let r = parse(&m, &[desc(HDR, 16, 0), desc(DATA, 512, WRITE), desc(DATA + 512, 512, WRITE), desc(STATUS, 1, WRITE)]).unwrap();
+        let r = parse(
+            &m,
+            &[
+                desc(HDR, 16, 0),
+                desc(DATA, 512, WRITE),
+                desc(DATA + 512, 512, WRITE),
+                desc(STATUS, 1, WRITE),
+            ],
+        )
+        .unwrap();
         assert_eq!(r.execute(&m, Some(&mut d), false, &[0; 20]).unwrap(), 1024);
         let mut back = [0u8; 1024];
         m.read_slice(&mut back, GuestAddress(DATA)).unwrap();
@@ -361,7 +383,15 @@ mod tests {
         let fl = parse(&m, &[desc(HDR, 16, 0), desc(STATUS, 1, WRITE)]).unwrap();
         assert_eq!(fl.execute(&m, Some(&mut d), false, &[0; 20]).unwrap(), 0);
         header(&m, VIRTIO_BLK_T_GET_ID, 0);
-        let id = parse(&m, &[desc(HDR, 16, 0), desc(DATA, 64, WRITE), desc(STATUS, 1, WRITE)]).unwrap();
+        let id = parse(
+            &m,
+            &[
+                desc(HDR, 16, 0),
+                desc(DATA, 64, WRITE),
+                desc(STATUS, 1, WRITE),
+            ],
+        )
+        .unwrap();
         let mut dev_id = [0u8; 20];
         dev_id[..6].copy_from_slice(b"rootfs");
         assert_eq!(id.execute(&m, Some(&mut d), false, &dev_id).unwrap(), 20);
@@ -374,24 +404,50 @@ mod tests {
     fn out_of_range_addresses_are_refused() {
         let m = mem();
         header(&m, VIRTIO_BLK_T_IN, 0);
-        let e = parse(&m, &[desc(HDR, 16, 0), desc(0xf_ff00, 512, WRITE), desc(STATUS, 1, WRITE)]).unwrap_err();
+        let e = parse(
+            &m,
+            &[
+                desc(HDR, 16, 0),
+                desc(0xf_ff00, 512, WRITE),
+                desc(STATUS, 1, WRITE),
+            ],
+        )
+        .unwrap_err();
         assert!(matches!(e.error, RequestError::OutOfGuestMemory { .. }));
         assert_eq!(e.status, Some(GuestAddress(STATUS)));
         let e = parse(&m, &[desc(u64::MAX - 8, 16, 0), desc(STATUS, 1, WRITE)]).unwrap_err();
         assert!(matches!(e.error, RequestError::OutOfGuestMemory { .. }));
         // Status byte outside guest memory: nowhere to report.
         let e = parse(&m, &[desc(HDR, 16, 0), desc(0x10_0000, 1, WRITE)]).unwrap_err();
-        assert_eq!(e, ParseFailure { error: RequestError::NoStatus, status: None });
+        assert_eq!(
+            e,
+            ParseFailure {
+                error: RequestError::NoStatus,
+                status: None
+            }
+        );
     }
 
     #[test]
     fn wrong_directions_are_refused() {
         let m = mem();
         header(&m, VIRTIO_BLK_T_IN, 0);
-        let e = parse(&m, &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, WRITE)]).unwrap_err();
+        let e = parse(
+            &m,
+            &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, WRITE)],
+        )
+        .unwrap_err();
         assert_eq!(e.error, RequestError::WrongDirection);
         header(&m, VIRTIO_BLK_T_OUT, 0);
-        let e = parse(&m, &[desc(HDR, 16, 0), desc(DATA, 512, WRITE), desc(STATUS, 1, WRITE)]).unwrap_err();
+        let e = parse(
+            &m,
+            &[
+                desc(HDR, 16, 0),
+                desc(DATA, 512, WRITE),
+                desc(STATUS, 1, WRITE),
+            ],
+        )
+        .unwrap_err();
         assert_eq!(e.error, RequestError::WrongDirection);
         let e = parse(&m, &[desc(HDR, 16, WRITE), desc(STATUS, 1, WRITE)]).unwrap_err();
         assert_eq!(e.error, RequestError::HeaderWriteOnly);
@@ -407,10 +463,26 @@ mod tests {
         assert_eq!(e.error, RequestError::HeaderTooShort);
         let e = parse(&m, &[desc(HDR, 16, 0), desc(STATUS, 0, WRITE)]).unwrap_err();
         assert_eq!(e.error, RequestError::NoStatus);
-        let e = parse(&m, &[desc(HDR, 16, 0), desc(DATA, 100, WRITE), desc(STATUS, 1, WRITE)]).unwrap_err();
+        let e = parse(
+            &m,
+            &[
+                desc(HDR, 16, 0),
+                desc(DATA, 100, WRITE),
+                desc(STATUS, 1, WRITE),
+            ],
+        )
+        .unwrap_err();
         assert_eq!(e.error, RequestError::PartialSector(100));
         // A zero-length data descriptor is harmless.
-        let r = parse(&m, &[desc(HDR, 16, 0), desc(DATA, 0, WRITE), desc(STATUS, 1, WRITE)]).unwrap();
+        let r = parse(
+            &m,
+            &[
+                desc(HDR, 16, 0),
+                desc(DATA, 0, WRITE),
+                desc(STATUS, 1, WRITE),
+            ],
+        )
+        .unwrap();
         assert_eq!(r.data_len(), 0);
         let e = parse(&m, &[desc(HDR, 16, 0)]).unwrap_err();
         assert_eq!(e.error, RequestError::NoStatus);
@@ -421,16 +493,47 @@ mod tests {
         let m = mem();
         let (_f, mut d) = disk(4);
         header(&m, VIRTIO_BLK_T_IN, 3);
-        let r = parse(&m, &[desc(HDR, 16, 0), desc(DATA, 1024, WRITE), desc(STATUS, 1, WRITE)]).unwrap();
+        let r = parse(
+            &m,
+            &[
+                desc(HDR, 16, 0),
+                desc(DATA, 1024, WRITE),
+                desc(STATUS, 1, WRITE),
+            ],
+        )
+        .unwrap();
         assert!(matches!(
             r.execute(&m, Some(&mut d), false, &[0; 20]),
-            Err(RequestError::BeyondCapacity { sector: 3, count: 2, capacity: 4 })
+            Err(RequestError::BeyondCapacity {
+                sector: 3,
+                count: 2,
+                capacity: 4
+            })
         ));
         header(&m, VIRTIO_BLK_T_IN, u64::MAX);
-        let r = parse(&m, &[desc(HDR, 16, 0), desc(DATA, 512, WRITE), desc(STATUS, 1, WRITE)]).unwrap();
-        assert!(matches!(r.execute(&m, Some(&mut d), false, &[0; 20]), Err(RequestError::BeyondCapacity { .. })));
+        let r = parse(
+            &m,
+            &[
+                desc(HDR, 16, 0),
+                desc(DATA, 512, WRITE),
+                desc(STATUS, 1, WRITE),
+            ],
+        )
+        .unwrap();
+        assert!(matches!(
+            r.execute(&m, Some(&mut d), false, &[0; 20]),
+            Err(RequestError::BeyondCapacity { .. })
+        ));
         // A data descriptor longer than guest memory.
-        let e = parse(&m, &[desc(HDR, 16, 0), desc(DATA, u32::MAX - 511, WRITE), desc(STATUS, 1, WRITE)]).unwrap_err();
+        let e = parse(
+            &m,
+            &[
+                desc(HDR, 16, 0),
+                desc(DATA, u32::MAX - 511, WRITE),
+                desc(STATUS, 1, WRITE),
+            ],
+        )
+        .unwrap_err();
         assert!(matches!(e.error, RequestError::OutOfGuestMemory { .. }));
     }
 
@@ -439,11 +542,29 @@ mod tests {
         let m = mem();
         let (_f, mut d) = disk(4);
         header(&m, VIRTIO_BLK_T_OUT, 0);
-        let w = parse(&m, &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, WRITE)]).unwrap();
-        assert_eq!(w.execute(&m, Some(&mut d), true, &[0; 20]), Err(RequestError::ReadOnly));
+        let w = parse(
+            &m,
+            &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, WRITE)],
+        )
+        .unwrap();
+        assert_eq!(
+            w.execute(&m, Some(&mut d), true, &[0; 20]),
+            Err(RequestError::ReadOnly)
+        );
         header(&m, VIRTIO_BLK_T_IN, 0);
-        let r = parse(&m, &[desc(HDR, 16, 0), desc(DATA, 512, WRITE), desc(STATUS, 1, WRITE)]).unwrap();
-        assert_eq!(r.execute(&m, None, false, &[0; 20]), Err(RequestError::EmptySlot));
+        let r = parse(
+            &m,
+            &[
+                desc(HDR, 16, 0),
+                desc(DATA, 512, WRITE),
+                desc(STATUS, 1, WRITE),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            r.execute(&m, None, false, &[0; 20]),
+            Err(RequestError::EmptySlot)
+        );
     }
 
     #[test]
@@ -466,7 +587,11 @@ mod tests {
     fn unsupported_types_parse_for_an_unsupp_answer() {
         let m = mem();
         header(&m, 11, 0); // DISCARD
-        let r = parse(&m, &[desc(HDR, 16, 0), desc(DATA, 16, 0), desc(STATUS, 1, WRITE)]).unwrap();
+        let r = parse(
+            &m,
+            &[desc(HDR, 16, 0), desc(DATA, 16, 0), desc(STATUS, 1, WRITE)],
+        )
+        .unwrap();
         assert_eq!(r.request_type, RequestType::Unsupported(11));
     }
 }

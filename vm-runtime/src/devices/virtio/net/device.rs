@@ -52,7 +52,10 @@ impl Net {
             id: id.to_string(),
             mac,
             tap,
-            queue_events: vec![EventFd::new(libc::EFD_NONBLOCK)?, EventFd::new(libc::EFD_NONBLOCK)?],
+            queue_events: vec![
+                EventFd::new(libc::EFD_NONBLOCK)?,
+                EventFd::new(libc::EFD_NONBLOCK)?,
+            ],
             active: None,
             pending: None,
             scratch: vec![0u8; MAX_FRAME_LEN],
@@ -76,7 +79,9 @@ impl Net {
 
     /// Sends every frame the guest queued.
     pub fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else { return };
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
         let mut used_any = false;
         while let Some(chain) = active.queues[TX_QUEUE].pop_descriptor_chain(&active.mem) {
             let head = chain.head_index();
@@ -97,7 +102,10 @@ impl Net {
                     add(&self.metrics.malformed_chains, 1);
                 }
             }
-            if active.queues[TX_QUEUE].add_used(&active.mem, head, 0).is_err() {
+            if active.queues[TX_QUEUE]
+                .add_used(&active.mem, head, 0)
+                .is_err()
+            {
                 break;
             }
             used_any = true;
@@ -109,7 +117,9 @@ impl Net {
 
     /// Moves frames from the tap into guest buffers while both have some.
     pub fn process_rx(&mut self) {
-        let Some(active) = self.active.as_mut() else { return };
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
         let mut used_any = false;
         loop {
             let frame = match self.pending.take() {
@@ -128,7 +138,9 @@ impl Net {
                 break;
             };
             let head = chain.head_index();
-            let len = match RxChain::parse(chain, &active.mem).and_then(|rx| rx.write(&active.mem, &frame)) {
+            let len = match RxChain::parse(chain, &active.mem)
+                .and_then(|rx| rx.write(&active.mem, &frame))
+            {
                 Ok(n) => {
                     add(&self.metrics.rx_frames, 1);
                     add(&self.metrics.rx_bytes, u64::from(n));
@@ -140,7 +152,10 @@ impl Net {
                     0
                 }
             };
-            if active.queues[RX_QUEUE].add_used(&active.mem, head, len).is_err() {
+            if active.queues[RX_QUEUE]
+                .add_used(&active.mem, head, len)
+                .is_err()
+            {
                 active.queues[RX_QUEUE].go_to_previous_position();
                 break;
             }
@@ -153,7 +168,9 @@ impl Net {
 }
 
 fn notify(active: &mut Active, queue: usize) {
-    if active.queues[queue].needs_notification(&active.mem).unwrap_or(true)
+    if active.queues[queue]
+        .needs_notification(&active.mem)
+        .unwrap_or(true)
         && let Err(error) = active.interrupt.trigger(InterruptKind::Queue)
     {
         tracing::warn!(%error, "cannot raise the net interrupt");
@@ -216,7 +233,14 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestAddress};
 
-    fn setup(mem: &GuestMemoryMmap) -> (Net, UnixDatagram, MockSplitQueue<'_, GuestMemoryMmap>, MockSplitQueue<'_, GuestMemoryMmap>) {
+    fn setup(
+        mem: &GuestMemoryMmap,
+    ) -> (
+        Net,
+        UnixDatagram,
+        MockSplitQueue<'_, GuestMemoryMmap>,
+        MockSplitQueue<'_, GuestMemoryMmap>,
+    ) {
         let (dev_end, host_end) = UnixDatagram::pair().unwrap();
         dev_end.set_nonblocking(true).unwrap();
         let file = std::fs::File::from(std::os::fd::OwnedFd::from(dev_end));
@@ -226,7 +250,9 @@ mod tests {
         net.activate(Activation {
             mem: mem.clone(),
             queues: vec![rx.create_queue().unwrap(), tx.create_queue().unwrap()],
-            interrupt: Arc::new(VirtioInterrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+            interrupt: Arc::new(VirtioInterrupt::new(
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            )),
             acked_features: FEATURE_VERSION_1,
         })
         .unwrap();
@@ -242,8 +268,15 @@ mod tests {
         assert_eq!(mac, [2, 0, 0, 0, 0, 1]);
 
         // Guest -> tap.
-        mem.write_slice(&[0xab; 74], GuestAddress(0x4_0000)).unwrap();
-        tx.add_desc_chains(&[RawDescriptor::from(SplitDescriptor::new(0x4_0000, 74, 0, 0))], 0).unwrap();
+        mem.write_slice(&[0xab; 74], GuestAddress(0x4_0000))
+            .unwrap();
+        tx.add_desc_chains(
+            &[RawDescriptor::from(SplitDescriptor::new(
+                0x4_0000, 74, 0, 0,
+            ))],
+            0,
+        )
+        .unwrap();
         net.process_tx();
         let mut buf = [0u8; 100];
         assert_eq!(host.recv(&mut buf).unwrap(), 74);
@@ -253,10 +286,19 @@ mod tests {
         net.process_rx();
         assert!(!net.wants_tap());
         let w = VRING_DESC_F_WRITE as u16;
-        rx.add_desc_chains(&[RawDescriptor::from(SplitDescriptor::new(0x5_0000, 1526, w, 0))], 0).unwrap();
+        rx.add_desc_chains(
+            &[RawDescriptor::from(SplitDescriptor::new(
+                0x5_0000, 1526, w, 0,
+            ))],
+            0,
+        )
+        .unwrap();
         net.process_rx();
         assert!(net.wants_tap());
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x5_0000 + 59)).unwrap(), 0xcd);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x5_0000 + 59)).unwrap(),
+            0xcd
+        );
         let used_len: u32 = mem.read_obj(rx.used_addr().unchecked_add(8)).unwrap();
         assert_eq!(used_len, 60);
         let m = net.metrics();
@@ -282,7 +324,13 @@ mod tests {
         assert_eq!(net.metrics().malformed_chains.load(Ordering::Relaxed), 2);
         // An rx buffer too small for the frame: the frame is dropped.
         host.send(&[1u8; 100]).unwrap();
-        rx.add_desc_chains(&[RawDescriptor::from(SplitDescriptor::new(0x5_0000, 50, w, 0))], 0).unwrap();
+        rx.add_desc_chains(
+            &[RawDescriptor::from(SplitDescriptor::new(
+                0x5_0000, 50, w, 0,
+            ))],
+            0,
+        )
+        .unwrap();
         net.process_rx();
         assert_eq!(net.metrics().rx_dropped.load(Ordering::Relaxed), 1);
     }

@@ -16,7 +16,11 @@ impl Net {
             return;
         }
         let events = Events::new_raw(self.tap.as_raw_fd(), EventSet::IN);
-        let result = if want { ops.add(events) } else { ops.remove(events) };
+        let result = if want {
+            ops.add(events)
+        } else {
+            ops.remove(events)
+        };
         match result {
             Ok(()) => self.tap_watched = want,
             Err(error) => tracing::warn!(net = %self.id, ?error, "cannot change tap interest"),

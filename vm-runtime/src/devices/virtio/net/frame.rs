@@ -70,7 +70,10 @@ where
     for (addr, len) in bufs {
         let len = len as usize;
         mem.read_slice(&mut frame[at..at + len], addr)
-            .map_err(|_| FrameError::OutOfGuestMemory { addr: addr.raw_value(), len: len as u32 })?;
+            .map_err(|_| FrameError::OutOfGuestMemory {
+                addr: addr.raw_value(),
+                len: len as u32,
+            })?;
         at += len;
     }
     Ok(frame)
@@ -107,8 +110,12 @@ impl RxChain {
                 break;
             }
             let n = (*len as usize).min(frame.len() - at);
-            mem.write_slice(&frame[at..at + n], *addr)
-                .map_err(|_| FrameError::OutOfGuestMemory { addr: addr.raw_value(), len: *len })?;
+            mem.write_slice(&frame[at..at + n], *addr).map_err(|_| {
+                FrameError::OutOfGuestMemory {
+                    addr: addr.raw_value(),
+                    len: *len,
+                }
+            })?;
             at += n;
         }
         Ok(at as u32)
@@ -128,8 +135,14 @@ mod tests {
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
-    fn chain<'a>(q: &'a MockSplitQueue<'a, GuestMemoryMmap>, d: &[(u64, u32, u16)]) -> DescriptorChain<&'a GuestMemoryMmap> {
-        let raw: Vec<_> = d.iter().map(|(a, l, f)| RawDescriptor::from(SplitDescriptor::new(*a, *l, *f, 0))).collect();
+    fn chain<'a>(
+        q: &'a MockSplitQueue<'a, GuestMemoryMmap>,
+        d: &[(u64, u32, u16)],
+    ) -> DescriptorChain<&'a GuestMemoryMmap> {
+        let raw: Vec<_> = d
+            .iter()
+            .map(|(a, l, f)| RawDescriptor::from(SplitDescriptor::new(*a, *l, *f, 0)))
+            .collect();
         q.build_desc_chain(&raw).unwrap()
     }
 
@@ -148,11 +161,30 @@ mod tests {
     fn tx_refuses_bad_chains() {
         let m = mem();
         let q = MockSplitQueue::new(&m, 16);
-        assert_eq!(read_tx(chain(&q, &[(0x1000, 8, 0)]), &m), Err(FrameError::TooShort(8)));
-        assert_eq!(read_tx(chain(&q, &[(0x1000, 64, W)]), &m), Err(FrameError::WrongDirection));
-        assert!(matches!(read_tx(chain(&q, &[(0xf_ff00, 0x200, 0)]), &m), Err(FrameError::OutOfGuestMemory { .. })));
+        assert_eq!(
+            read_tx(chain(&q, &[(0x1000, 8, 0)]), &m),
+            Err(FrameError::TooShort(8))
+        );
+        assert_eq!(
+            read_tx(chain(&q, &[(0x1000, 64, W)]), &m),
+            Err(FrameError::WrongDirection)
+        );
         assert!(matches!(
-            read_tx(chain(&q, &[(0x1_0000, 0x8000, 0), (0x2_0000, 0x8000, 0), (0x3_0000, 0x8000, 0)]), &m),
+            read_tx(chain(&q, &[(0xf_ff00, 0x200, 0)]), &m),
+            Err(FrameError::OutOfGuestMemory { .. })
+        ));
+        assert!(matches!(
+            read_tx(
+                chain(
+                    &q,
+                    &[
+                        (0x1_0000, 0x8000, 0),
+                        (0x2_0000, 0x8000, 0),
+                        (0x3_0000, 0x8000, 0)
+                    ]
+                ),
+                &m
+            ),
             Err(FrameError::TooLong(_))
         ));
     }
@@ -166,6 +198,9 @@ mod tests {
         assert_eq!(m.read_obj::<u8>(GuestAddress(0x2003)).unwrap(), 9);
         assert_eq!(m.read_obj::<u8>(GuestAddress(0x2004)).unwrap(), 0);
         assert_eq!(rx.write(&m, &[0u8; 33]), Err(FrameError::TooLong(33)));
-        assert!(matches!(RxChain::parse(chain(&q, &[(0x1000, 16, 0)]), &m), Err(FrameError::WrongDirection)));
+        assert!(matches!(
+            RxChain::parse(chain(&q, &[(0x1000, 16, 0)]), &m),
+            Err(FrameError::WrongDirection)
+        ));
     }
 }

@@ -41,12 +41,37 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-fn ioctl(fd: RawFd, what: &'static str, request: libc::c_ulong, arg: *mut libc::c_void) -> Result<(), TapError> {
+fn ioctl(
+    fd: RawFd,
+    what: &'static str,
+    request: libc::c_ulong,
+    arg: *mut libc::c_void,
+) -> Result<(), TapError> {
     // SAFETY: every caller passes a tun/tap request with an argument of the
     // type that request reads or writes (an IfReq or a c_int), valid for the call.
     let rc = unsafe { libc::ioctl(fd, request, arg) };
     if rc < 0 {
-        return Err(TapError::Ioctl { what, source: std::io::Error::last_os_error() });
+        return Err(TapError::Ioctl {
+            what,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+fn set_nonblocking(file: &File) -> Result<(), TapError> {
+    let fail = || TapError::Ioctl {
+        what: "make non-blocking",
+        source: std::io::Error::last_os_error(),
+    };
+    // SAFETY: F_GETFL on an fd we own takes no pointer argument.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(fail());
+    }
+    // SAFETY: F_SETFL on an fd we own with an integer flag set; no pointers.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(fail());
     }
     Ok(())
 }
@@ -70,44 +95,70 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(TapError::OpenTun)?;
-        let mut req = IfReq { name: [0; IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+        let mut req = IfReq {
+            name: [0; IFNAMSIZ],
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            _pad: [0; 22],
+        };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
-        ioctl(file.as_raw_fd(), "attach (TUNSETIFF)", TUNSETIFF, (&mut req as *mut IfReq).cast())?;
+        ioctl(
+            file.as_raw_fd(),
+            "attach (TUNSETIFF)",
+            TUNSETIFF,
+            (&mut req as *mut IfReq).cast(),
+        )?;
         Self::configure(file, name.to_string())
     }
 
     /// Uses a tap fd opened by hulld (in the pod's network namespace).
     pub fn from_fd(fd: OwnedFd) -> Result<Self, TapError> {
         let file = File::from(fd);
-        let mut req = IfReq { name: [0; IFNAMSIZ], flags: 0, _pad: [0; 22] };
-        ioctl(file.as_raw_fd(), "read the flags (TUNGETIFF)", TUNGETIFF, (&mut req as *mut IfReq).cast())?;
+        let mut req = IfReq {
+            name: [0; IFNAMSIZ],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        ioctl(
+            file.as_raw_fd(),
+            "read the flags (TUNGETIFF)",
+            TUNGETIFF,
+            (&mut req as *mut IfReq).cast(),
+        )?;
         let wanted = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
         if req.flags & wanted != wanted {
             return Err(TapError::WrongFlags(req.flags));
         }
         let end = req.name.iter().position(|b| *b == 0).unwrap_or(IFNAMSIZ);
         let name = String::from_utf8_lossy(&req.name[..end]).into_owned();
-        // SAFETY: F_SETFL with O_NONBLOCK on an fd we own; no pointers.
-        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-        // SAFETY: as above.
-        if flags < 0 || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            return Err(TapError::Ioctl { what: "make non-blocking", source: std::io::Error::last_os_error() });
-        }
+        set_nonblocking(&file)?;
         Self::configure(file, name)
     }
 
     fn configure(file: File, name: String) -> Result<Self, TapError> {
         let mut hdr_len = VNET_HDR_LEN as libc::c_int;
-        ioctl(file.as_raw_fd(), "set the vnet header size", TUNSETVNETHDRSZ, (&mut hdr_len as *mut libc::c_int).cast())?;
+        ioctl(
+            file.as_raw_fd(),
+            "set the vnet header size",
+            TUNSETVNETHDRSZ,
+            (&mut hdr_len as *mut libc::c_int).cast(),
+        )?;
         // No offloads: the guest gets and sends plain frames.
-        ioctl(file.as_raw_fd(), "turn offloads off", TUNSETOFFLOAD, std::ptr::null_mut())?;
+        ioctl(
+            file.as_raw_fd(),
+            "turn offloads off",
+            TUNSETOFFLOAD,
+            std::ptr::null_mut(),
+        )?;
         Ok(Self { file, name })
     }
 
     /// Wraps any message-preserving fd (tests use a datagram socket pair).
     #[cfg(test)]
     pub fn from_file_for_test(file: File) -> Self {
-        Self { file, name: "test".into() }
+        Self {
+            file,
+            name: "test".into(),
+        }
     }
 
     /// Reads one frame (with its vnet header); `None` when none is waiting.
@@ -142,12 +193,18 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert!(matches!(Tap::open_named(""), Err(TapError::Name(_))));
-        assert!(matches!(Tap::open_named("a-very-long-tap-name"), Err(TapError::Name(_))));
+        assert!(matches!(
+            Tap::open_named("a-very-long-tap-name"),
+            Err(TapError::Name(_))
+        ));
     }
 
     #[test]
     fn a_non_tap_fd_is_refused() {
         let f = tempfile::tempfile().unwrap();
-        assert!(matches!(Tap::from_fd(f.into()), Err(TapError::Ioctl { .. })));
+        assert!(matches!(
+            Tap::from_fd(f.into()),
+            Err(TapError::Ioctl { .. })
+        ));
     }
 }

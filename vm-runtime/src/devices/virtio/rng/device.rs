@@ -53,7 +53,9 @@ impl Rng {
             let len = match written {
                 Ok(n) => {
                     self.metrics.requests.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.bytes.fetch_add(u64::from(n), Ordering::Relaxed);
+                    self.metrics
+                        .bytes
+                        .fetch_add(u64::from(n), Ordering::Relaxed);
                     n
                 }
                 Err(error) => {
@@ -147,7 +149,12 @@ mod tests {
             &[
                 RawDescriptor::from(SplitDescriptor::new(0x2_0000, 32, w, 0)),
                 RawDescriptor::from(SplitDescriptor::new(0x3_0000, 32, 0, 0)),
-                RawDescriptor::from(SplitDescriptor::new(0x4_0000, 32, w | VRING_DESC_F_NEXT as u16, 3)),
+                RawDescriptor::from(SplitDescriptor::new(
+                    0x4_0000,
+                    32,
+                    w | VRING_DESC_F_NEXT as u16,
+                    3,
+                )),
                 RawDescriptor::from(SplitDescriptor::new(0xff_0000, 32, w, 0)),
             ],
             0,

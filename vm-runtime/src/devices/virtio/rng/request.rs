@@ -52,7 +52,10 @@ where
 }
 
 /// Fills `buffers` with random bytes; returns the bytes written.
-pub fn fill(mem: &GuestMemoryMmap, buffers: &[(GuestAddress, u32)]) -> Result<u32, RngRequestError> {
+pub fn fill(
+    mem: &GuestMemoryMmap,
+    buffers: &[(GuestAddress, u32)],
+) -> Result<u32, RngRequestError> {
     let mut written = 0;
     let mut scratch = vec![0u8; 4096];
     for (addr, len) in buffers {
@@ -103,7 +106,10 @@ mod tests {
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
-    fn run(m: &GuestMemoryMmap, descs: &[(u64, u32, u16)]) -> Result<Vec<(GuestAddress, u32)>, RngRequestError> {
+    fn run(
+        m: &GuestMemoryMmap,
+        descs: &[(u64, u32, u16)],
+    ) -> Result<Vec<(GuestAddress, u32)>, RngRequestError> {
         let q = MockSplitQueue::new(m, 16);
         let raw: Vec<_> = descs
             .iter()
@@ -119,13 +125,19 @@ mod tests {
         assert_eq!(fill(&m, &bufs).unwrap(), 128);
         let mut out = [0u8; 64];
         m.read_slice(&mut out, GuestAddress(0x2_0000)).unwrap();
-        assert!(out.iter().any(|b| *b != 0), "64 random bytes are not all zero");
+        assert!(
+            out.iter().any(|b| *b != 0),
+            "64 random bytes are not all zero"
+        );
     }
 
     #[test]
     fn refuses_readable_and_out_of_range_buffers() {
         let m = mem();
-        assert_eq!(run(&m, &[(0x2_0000, 64, 0)]), Err(RngRequestError::ReadableDescriptor));
+        assert_eq!(
+            run(&m, &[(0x2_0000, 64, 0)]),
+            Err(RngRequestError::ReadableDescriptor)
+        );
         assert!(matches!(
             run(&m, &[(0xf_fff0, 64, WRITE)]),
             Err(RngRequestError::OutOfGuestMemory { .. })

@@ -133,6 +133,18 @@ impl Connection {
         }
     }
 
+    /// Writes the hybrid-vsock handshake answer (`OK <port>\n`) to the host
+    /// socket. It is not guest data, so it does not count in `fwd_cnt`
+    /// (counting it would make the guest believe it owes credit). The socket
+    /// is new and empty, so a short write means it is unusable.
+    pub fn write_handshake(&mut self, line: &[u8]) -> Result<(), ConnError> {
+        match self.stream.write(line) {
+            Ok(n) if n == line.len() => Ok(()),
+            Ok(_) => Err(ConnError::Io(ErrorKind::WriteZero.into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Passes guest data to the host socket, keeping what it cannot take yet.
     pub fn send_to_host(&mut self, data: &[u8]) -> Result<(), ConnError> {
         if self.tx_buf.len() + data.len() > CONN_BUF_ALLOC as usize {
@@ -220,7 +232,11 @@ mod tests {
     }
 
     fn credit(buf_alloc: u32, fwd_cnt: u32) -> Header {
-        Header { buf_alloc, fwd_cnt, ..Default::default() }
+        Header {
+            buf_alloc,
+            fwd_cnt,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -230,7 +246,10 @@ mod tests {
         host.write_all(b"0123456789").unwrap();
         assert_eq!(c.read_from_host(100).unwrap(), HostRead::WouldBlock);
         c.update_peer_credit(&credit(4, 0));
-        assert_eq!(c.read_from_host(100).unwrap(), HostRead::Data(b"0123".to_vec()));
+        assert_eq!(
+            c.read_from_host(100).unwrap(),
+            HostRead::Data(b"0123".to_vec())
+        );
         assert_eq!(c.peer_credit(), 0);
         assert!(c.should_request_credit());
         assert!(!c.should_request_credit());
@@ -241,7 +260,10 @@ mod tests {
         assert_eq!(c.peer_credit(), 0);
         drop(host);
         c.update_peer_credit(&credit(100, 6));
-        assert_eq!(c.read_from_host(100).unwrap(), HostRead::Data(b"6789".to_vec()));
+        assert_eq!(
+            c.read_from_host(100).unwrap(),
+            HostRead::Data(b"6789".to_vec())
+        );
         assert_eq!(c.read_from_host(100).unwrap(), HostRead::Eof);
     }
 
@@ -262,9 +284,22 @@ mod tests {
         assert!(c.wanted_interest().contains(EventSet::OUT));
         // More than the advertised buffer is a protocol violation.
         let big = vec![0u8; CONN_BUF_ALLOC as usize + 1];
-        assert!(matches!(c.send_to_host(&big), Err(ConnError::CreditExceeded)));
+        assert!(matches!(
+            c.send_to_host(&big),
+            Err(ConnError::CreditExceeded)
+        ));
         drop(host);
         assert!(c.flush_to_host().is_err());
+    }
+
+    #[test]
+    fn the_handshake_line_is_not_guest_data() {
+        let (mut c, mut host) = pair();
+        c.write_handshake(b"OK 1073741824\n").unwrap();
+        assert_eq!(c.header(3, OP_RW, 0, 0).fwd_cnt, 0);
+        let mut line = [0u8; 14];
+        host.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"OK 1073741824\n");
     }
 
     #[test]
@@ -274,9 +309,13 @@ mod tests {
         let h = c.header(3, OP_RW, 0, 0);
         assert_eq!(h.fwd_cnt, 1);
         assert_eq!(h.buf_alloc, CONN_BUF_ALLOC);
-        assert_eq!((h.src_cid, h.dst_cid, h.src_port, h.dst_port), (HOST_CID, 3, 1 << 30, 1000));
+        assert_eq!(
+            (h.src_cid, h.dst_cid, h.src_port, h.dst_port),
+            (HOST_CID, 3, 1 << 30, 1000)
+        );
         assert!(!c.needs_credit_update());
-        c.send_to_host(&vec![0u8; (CONN_BUF_ALLOC / 4) as usize]).unwrap();
+        c.send_to_host(&vec![0u8; (CONN_BUF_ALLOC / 4) as usize])
+            .unwrap();
         let _ = c.flush_to_host();
         assert!(c.needs_credit_update());
     }

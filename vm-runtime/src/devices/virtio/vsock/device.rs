@@ -10,10 +10,10 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::QUEUE_SIZE;
 use super::metrics::VsockMetrics;
 use super::muxer::Muxer;
 use super::packet::{self, RxBuffers};
-use super::QUEUE_SIZE;
 use crate::devices::virtio::{
     ActivateError, Activation, FEATURE_VERSION_1, InterruptKind, VirtioDevice, VirtioInterrupt,
     device_id, read_config_bytes,
@@ -62,7 +62,9 @@ impl Vsock {
 
     /// Takes every packet the guest queued for transmission.
     pub(super) fn process_tx(&mut self, ops: &mut EventOps) {
-        let Some(active) = self.active.as_mut() else { return };
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
         let mut used_any = false;
         while let Some(chain) = active.queues[TX_QUEUE].pop_descriptor_chain(&active.mem) {
             let head = chain.head_index();
@@ -70,10 +72,15 @@ impl Vsock {
                 Ok((header, payload)) => self.muxer.handle_guest_packet(header, payload, ops),
                 Err(error) => {
                     tracing::debug!(%error, "malformed vsock packet from the guest");
-                    self.metrics.malformed_packets.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .malformed_packets
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if active.queues[TX_QUEUE].add_used(&active.mem, head, 0).is_err() {
+            if active.queues[TX_QUEUE]
+                .add_used(&active.mem, head, 0)
+                .is_err()
+            {
                 break;
             }
             used_any = true;
@@ -85,7 +92,9 @@ impl Vsock {
 
     /// Fills the guest's rx buffers with what the muxer has for it.
     pub(super) fn process_rx(&mut self, ops: &mut EventOps) {
-        let Some(active) = self.active.as_mut() else { return };
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
         let mut used_any = false;
         while self.muxer.has_rx() {
             let Some(chain) = active.queues[RX_QUEUE].pop_descriptor_chain(&active.mem) else {
@@ -94,7 +103,16 @@ impl Vsock {
             let head = chain.head_index();
             let len = match RxBuffers::parse(chain, &active.mem) {
                 Ok(buffers) => match self.muxer.next_rx(buffers.payload_room(), ops) {
-                    Some((header, payload)) => buffers.write(&active.mem, &header, &payload).unwrap_or(0),
+                    Some((header, payload)) => {
+                        tracing::trace!(
+                            op = header.op,
+                            src_port = header.src_port,
+                            dst_port = header.dst_port,
+                            len = header.len,
+                            "vsock packet to the guest"
+                        );
+                        buffers.write(&active.mem, &header, &payload).unwrap_or(0)
+                    }
                     None => {
                         // Nothing after all (a socket had no data): give the buffer back.
                         active.queues[RX_QUEUE].go_to_previous_position();
@@ -103,11 +121,16 @@ impl Vsock {
                 },
                 Err(error) => {
                     tracing::debug!(%error, "unusable vsock rx buffer from the guest");
-                    self.metrics.malformed_packets.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .malformed_packets
+                        .fetch_add(1, Ordering::Relaxed);
                     0
                 }
             };
-            if active.queues[RX_QUEUE].add_used(&active.mem, head, len).is_err() {
+            if active.queues[RX_QUEUE]
+                .add_used(&active.mem, head, len)
+                .is_err()
+            {
                 break;
             }
             used_any = true;
@@ -119,7 +142,9 @@ impl Vsock {
 }
 
 fn notify(active: &mut Active, queue: usize) {
-    if active.queues[queue].needs_notification(&active.mem).unwrap_or(true)
+    if active.queues[queue]
+        .needs_notification(&active.mem)
+        .unwrap_or(true)
         && let Err(error) = active.interrupt.trigger(InterruptKind::Queue)
     {
         tracing::warn!(%error, "cannot raise the vsock interrupt");
@@ -215,7 +240,10 @@ mod tests {
         fn post_rx_buffer(&mut self) {
             let addr = 0x10_0000 + u64::from(self.rx_next) * 0x1_0000;
             self.rx
-                .add_desc_chains(&[RawDescriptor::from(SplitDescriptor::new(addr, 4096, W, 0))], self.rx_next)
+                .add_desc_chains(
+                    &[RawDescriptor::from(SplitDescriptor::new(addr, 4096, W, 0))],
+                    self.rx_next,
+                )
                 .unwrap();
             self.rx_next += 1;
         }
@@ -227,7 +255,12 @@ mod tests {
             self.mem.write_slice(&bytes, GuestAddress(addr)).unwrap();
             self.tx
                 .add_desc_chains(
-                    &[RawDescriptor::from(SplitDescriptor::new(addr, bytes.len() as u32, 0, 0))],
+                    &[RawDescriptor::from(SplitDescriptor::new(
+                        addr,
+                        bytes.len() as u32,
+                        0,
+                        0,
+                    ))],
                     self.tx_next,
                 )
                 .unwrap();
@@ -236,10 +269,16 @@ mod tests {
 
         /// Packets the device put in rx buffers since the last call.
         fn received(&mut self) -> Vec<(Header, Vec<u8>)> {
-            let used_idx: u16 = self.mem.read_obj(self.rx.used_addr().unchecked_add(2)).unwrap();
+            let used_idx: u16 = self
+                .mem
+                .read_obj(self.rx.used_addr().unchecked_add(2))
+                .unwrap();
             let mut out = Vec::new();
             while self.rx_used_seen < used_idx {
-                let elem = self.rx.used_addr().unchecked_add(4 + 8 * u64::from(self.rx_used_seen % 16));
+                let elem = self
+                    .rx
+                    .used_addr()
+                    .unchecked_add(4 + 8 * u64::from(self.rx_used_seen % 16));
                 let id: u32 = self.mem.read_obj(elem).unwrap();
                 let len: u32 = self.mem.read_obj(elem.unchecked_add(4)).unwrap();
                 let addr = 0x10_0000 + u64::from(id) * 0x1_0000;
@@ -270,10 +309,14 @@ mod tests {
 
     use vm_memory::ByteValued;
 
-    fn setup(dir: &Path) -> (GuestMemoryMmap, Arc<Mutex<Vsock>>, EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>) {
+    type Manager = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+    fn setup(dir: &Path) -> (GuestMemoryMmap, Arc<Mutex<Vsock>>, Manager) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
-        let vsock = Arc::new(Mutex::new(Vsock::new(GUEST_CID, &dir.join("v.sock")).unwrap()));
-        let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+        let vsock = Arc::new(Mutex::new(
+            Vsock::new(GUEST_CID, &dir.join("v.sock")).unwrap(),
+        ));
+        let mut em = Manager::new().unwrap();
         em.add_subscriber(vsock.clone());
         (mem, vsock, em)
     }
@@ -283,7 +326,9 @@ mod tests {
         let queues = vec![
             guest.rx.create_queue().unwrap(),
             guest.tx.create_queue().unwrap(),
-            MockSplitQueue::create(guest.mem, GuestAddress(0x3000), 16).create_queue().unwrap(),
+            MockSplitQueue::create(guest.mem, GuestAddress(0x3000), 16)
+                .create_queue()
+                .unwrap(),
         ];
         vsock
             .lock()
@@ -297,7 +342,10 @@ mod tests {
             .unwrap();
     }
 
-    fn pump(em: &mut EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>, vsock: &Arc<Mutex<Vsock>>) {
+    fn pump(
+        em: &mut EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+        vsock: &Arc<Mutex<Vsock>>,
+    ) {
         for _ in 0..20 {
             for evt in vsock.lock().unwrap().queue_events() {
                 evt.write(1).unwrap();
@@ -338,9 +386,15 @@ mod tests {
         host.write_all(b"ping").unwrap();
         pump(&mut em, &vsock);
         let got = guest.received();
-        let data: Vec<u8> = got.iter().filter(|(h, _)| h.op == OP_RW).flat_map(|(_, p)| p.clone()).collect();
+        let data: Vec<u8> = got
+            .iter()
+            .filter(|(h, _)| h.op == OP_RW)
+            .flat_map(|(_, p)| p.clone())
+            .collect();
         assert_eq!(data, b"ping");
         assert!(got.iter().all(|(h, _)| h.buf_alloc == CONN_BUF_ALLOC));
+        // The OK line is not guest data: the guest owes no credit for it.
+        assert!(got.iter().all(|(h, _)| h.fwd_cnt == 0), "{got:?}");
 
         // guest -> host
         guest.send(guest_header(OP_RW, 52, host_port, 4), b"pong");
@@ -354,7 +408,10 @@ mod tests {
         drop(host);
         pump(&mut em, &vsock);
         let got = guest.received();
-        assert!(got.iter().any(|(h, _)| h.op == packet::OP_SHUTDOWN), "{got:?}");
+        assert!(
+            got.iter().any(|(h, _)| h.op == packet::OP_SHUTDOWN),
+            "{got:?}"
+        );
     }
 
     #[test]
@@ -379,7 +436,12 @@ mod tests {
         assert_eq!(&buf, b"hello");
         conn.write_all(b"world").unwrap();
         pump(&mut em, &vsock);
-        let data: Vec<u8> = guest.received().into_iter().filter(|(h, _)| h.op == OP_RW).flat_map(|(_, p)| p).collect();
+        let data: Vec<u8> = guest
+            .received()
+            .into_iter()
+            .filter(|(h, _)| h.op == OP_RW)
+            .flat_map(|(_, p)| p)
+            .collect();
         assert_eq!(data, b"world");
     }
 
@@ -404,7 +466,11 @@ mod tests {
         guest.send(guest_header(OP_RW, 6003, 10, 60000), b"x");
         pump(&mut em, &vsock);
         let got = guest.received();
-        assert_eq!(got.iter().filter(|(h, _)| h.op == OP_RST).count(), 3, "{got:?}");
+        assert_eq!(
+            got.iter().filter(|(h, _)| h.op == OP_RST).count(),
+            3,
+            "{got:?}"
+        );
         let m = vsock.lock().unwrap().metrics();
         assert_eq!(m.refused_connections.load(Ordering::Relaxed), 1);
         assert!(m.malformed_packets.load(Ordering::Relaxed) >= 2);
@@ -420,6 +486,10 @@ mod tests {
         host.write_all(b"HELLO there\n").unwrap();
         pump(&mut em, &vsock);
         let mut buf = [0u8; 8];
-        assert_eq!(host.read(&mut buf).unwrap(), 0, "connection closed without an answer");
+        assert_eq!(
+            host.read(&mut buf).unwrap(),
+            0,
+            "connection closed without an answer"
+        );
     }
 }

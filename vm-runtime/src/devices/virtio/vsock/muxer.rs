@@ -36,7 +36,9 @@ fn count(c: &AtomicU64) {
 
 /// Parses `CONNECT <port>`.
 pub fn parse_connect_line(line: &[u8]) -> Option<u32> {
-    let text = std::str::from_utf8(line).ok()?.trim_end_matches(['\r', '\n']);
+    let text = std::str::from_utf8(line)
+        .ok()?
+        .trim_end_matches(['\r', '\n']);
     let port = text.strip_prefix("CONNECT ")?;
     port.trim().parse().ok()
 }
@@ -59,7 +61,11 @@ pub struct Muxer {
 
 impl Muxer {
     /// Listens on `uds_path` (replacing a stale socket file there).
-    pub fn new(guest_cid: u64, uds_path: &Path, metrics: Arc<VsockMetrics>) -> std::io::Result<Self> {
+    pub fn new(
+        guest_cid: u64,
+        uds_path: &Path,
+        metrics: Arc<VsockMetrics>,
+    ) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(uds_path);
         let listener = UnixListener::bind(uds_path)?;
         listener.set_nonblocking(true)?;
@@ -141,7 +147,9 @@ impl Muxer {
         self.by_fd.insert(conn.stream.as_raw_fd(), key);
         let conn = self.conns.entry(key).or_insert(conn);
         Self::set_interest(ops, conn);
-        self.metrics.active_connections.store(self.conns.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .active_connections
+            .store(self.conns.len() as u64, Ordering::Relaxed);
     }
 
     fn remove_connection(&mut self, key: Key, ops: &mut EventOps) {
@@ -152,7 +160,9 @@ impl Muxer {
             self.by_fd.remove(&conn.stream.as_raw_fd());
         }
         self.rxq.retain(|k| *k != key);
-        self.metrics.active_connections.store(self.conns.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .active_connections
+            .store(self.conns.len() as u64, Ordering::Relaxed);
     }
 
     /// Ends a connection with an RST to the guest.
@@ -176,7 +186,20 @@ impl Muxer {
     /// Handles one packet from the guest's tx queue.
     pub fn handle_guest_packet(&mut self, header: Header, payload: Vec<u8>, ops: &mut EventOps) {
         count(&self.metrics.tx_packets);
-        if header.type_ != TYPE_STREAM || header.src_cid != self.guest_cid || header.dst_cid != HOST_CID {
+        tracing::trace!(
+            op = header.op,
+            src_port = header.src_port,
+            dst_port = header.dst_port,
+            len = header.len,
+            flags = header.flags,
+            buf_alloc = header.buf_alloc,
+            fwd_cnt = header.fwd_cnt,
+            "vsock packet from the guest"
+        );
+        if header.type_ != TYPE_STREAM
+            || header.src_cid != self.guest_cid
+            || header.dst_cid != HOST_CID
+        {
             count(&self.metrics.malformed_packets);
             self.orphan_reset(&header);
             return;
@@ -196,13 +219,15 @@ impl Muxer {
             (OP_RESPONSE, ConnState::LocalInit) => {
                 conn.state = ConnState::Established;
                 let ok = format!("OK {}\n", conn.local_port);
-                match conn.send_to_host(ok.as_bytes()) {
+                match conn.write_handshake(ok.as_bytes()) {
                     Ok(()) => Self::set_interest(ops, conn),
                     Err(_) => self.reset_connection(key, ops),
                 }
             }
             (OP_RW, ConnState::Established | ConnState::Closing) => {
-                self.metrics.tx_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                self.metrics
+                    .tx_bytes
+                    .fetch_add(payload.len() as u64, Ordering::Relaxed);
                 match conn.send_to_host(&payload) {
                     Ok(()) => {
                         if conn.needs_credit_update() {
@@ -264,7 +289,12 @@ impl Muxer {
             }
         };
         count(&self.metrics.guest_connections);
-        let mut conn = Connection::new(stream, ConnState::Established, header.dst_port, header.src_port);
+        let mut conn = Connection::new(
+            stream,
+            ConnState::Established,
+            header.dst_port,
+            header.src_port,
+        );
         conn.update_peer_credit(header);
         conn.pending_ops.push_back((OP_RESPONSE, 0));
         self.add_connection(conn, ops);
@@ -276,7 +306,9 @@ impl Muxer {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.accepting.len() >= MAX_PENDING_ACCEPTS || stream.set_nonblocking(true).is_err() {
+                    if self.accepting.len() >= MAX_PENDING_ACCEPTS
+                        || stream.set_nonblocking(true).is_err()
+                    {
                         continue;
                     }
                     if ops.add(Events::new(&stream, EventSet::IN)).is_ok() {
@@ -294,12 +326,19 @@ impl Muxer {
 
     /// Reads the CONNECT line of an accepted host connection.
     fn read_connect_line(&mut self, fd: RawFd, ops: &mut EventOps) {
-        let Some(stream) = self.accepting.get(&fd) else { return };
+        let Some(stream) = self.accepting.get(&fd) else {
+            return;
+        };
         let mut peek = [0u8; MAX_CONNECT_LINE];
         // SAFETY: `peek` is valid for writes of its length; MSG_PEEK leaves
         // the bytes in the socket; `fd` is the open socket we hold.
         let n = unsafe {
-            libc::recv(stream.as_raw_fd(), peek.as_mut_ptr().cast(), peek.len(), libc::MSG_PEEK)
+            libc::recv(
+                stream.as_raw_fd(),
+                peek.as_mut_ptr().cast(),
+                peek.len(),
+                libc::MSG_PEEK,
+            )
         };
         let wait = n < 0 && std::io::Error::last_os_error().kind() == ErrorKind::WouldBlock;
         if wait {
@@ -344,6 +383,7 @@ impl Muxer {
 
     /// Handles readiness of the listener or a host stream.
     pub fn handle_host_event(&mut self, fd: RawFd, events: EventSet, ops: &mut EventOps) {
+        tracing::trace!(fd, ?events, "vsock host socket event");
         if fd == self.listener.as_raw_fd() {
             self.accept(ops);
             return;
@@ -352,7 +392,9 @@ impl Muxer {
             self.read_connect_line(fd, ops);
             return;
         }
-        let Some(&key) = self.by_fd.get(&fd) else { return };
+        let Some(&key) = self.by_fd.get(&fd) else {
+            return;
+        };
         let conn = self.conns.get_mut(&key).expect("by_fd and conns agree");
         if events.contains(EventSet::OUT) && conn.flush_to_host().is_err() {
             self.reset_connection(key, ops);
@@ -378,7 +420,9 @@ impl Muxer {
         }
         while let Some(key) = self.rxq.pop_front() {
             let guest_cid = self.guest_cid;
-            let Some(conn) = self.conns.get_mut(&key) else { continue };
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
             if let Some((op, flags)) = conn.pending_ops.pop_front() {
                 let header = conn.header(guest_cid, op, 0, flags);
                 if !conn.pending_ops.is_empty() || conn.host_readable {
@@ -394,7 +438,9 @@ impl Muxer {
                     let header = conn.header(guest_cid, OP_RW, data.len() as u32, 0);
                     self.rxq.push_back(key);
                     count(&self.metrics.rx_packets);
-                    self.metrics.rx_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    self.metrics
+                        .rx_bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                     return Some((header, data));
                 }
                 Ok(HostRead::WouldBlock) => {
@@ -412,7 +458,8 @@ impl Muxer {
                 Ok(HostRead::Eof) | Err(_) => {
                     conn.state = ConnState::Closing;
                     conn.host_readable = false;
-                    let header = conn.header(guest_cid, OP_SHUTDOWN, 0, SHUTDOWN_RCV | SHUTDOWN_SEND);
+                    let header =
+                        conn.header(guest_cid, OP_SHUTDOWN, 0, SHUTDOWN_RCV | SHUTDOWN_SEND);
                     Self::set_interest(ops, conn);
                     return Some((header, Vec::new()));
                 }

@@ -9,8 +9,7 @@ use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
 use vm_memory::{
-    Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, Le16, Le32,
-    Le64,
+    Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, Le16, Le32, Le64,
 };
 
 use super::MAX_PAYLOAD;
@@ -192,7 +191,9 @@ where
         return Err(PacketError::ShortHeader(total));
     }
     let bytes = gather(mem, &bufs, HEADER_LEN + MAX_PAYLOAD as usize);
-    let raw = RawHeader::from_slice(&bytes[..HEADER_LEN]).copied().ok_or(PacketError::ShortHeader(bytes.len()))?;
+    let raw = RawHeader::from_slice(&bytes[..HEADER_LEN])
+        .copied()
+        .ok_or(PacketError::ShortHeader(bytes.len()))?;
     let header = Header::from(raw);
     if header.len > MAX_PAYLOAD {
         return Err(PacketError::PayloadTooLong(header.len));
@@ -235,7 +236,12 @@ impl RxBuffers {
     }
 
     /// Writes header and payload; returns the bytes written.
-    pub fn write(&self, mem: &GuestMemoryMmap, header: &Header, payload: &[u8]) -> Result<u32, PacketError> {
+    pub fn write(
+        &self,
+        mem: &GuestMemoryMmap,
+        header: &Header,
+        payload: &[u8],
+    ) -> Result<u32, PacketError> {
         let head = header.to_bytes();
         let mut data = head.iter().chain(payload.iter());
         let mut written = 0usize;
@@ -285,7 +291,10 @@ mod tests {
         }
     }
 
-    fn chain<'a>(q: &'a MockSplitQueue<'a, GuestMemoryMmap>, descs: &[(u64, u32, u16)]) -> DescriptorChain<&'a GuestMemoryMmap> {
+    fn chain<'a>(
+        q: &'a MockSplitQueue<'a, GuestMemoryMmap>,
+        descs: &[(u64, u32, u16)],
+    ) -> DescriptorChain<&'a GuestMemoryMmap> {
         let raw: Vec<_> = descs
             .iter()
             .map(|(a, l, f)| RawDescriptor::from(SplitDescriptor::new(*a, *l, *f, 0)))
@@ -300,13 +309,17 @@ mod tests {
         assert_eq!(&b[0..8], &3u64.to_le_bytes());
         assert_eq!(&b[24..28], &5u32.to_le_bytes());
         assert_eq!(&b[30..32], &OP_RW.to_le_bytes());
-        assert_eq!(Header::from(*RawHeader::from_slice(&b).unwrap()), hdr(5, OP_RW));
+        assert_eq!(
+            Header::from(*RawHeader::from_slice(&b).unwrap()),
+            hdr(5, OP_RW)
+        );
     }
 
     #[test]
     fn tx_packet_with_split_header_and_payload() {
         let m = mem();
-        m.write_slice(&hdr(5, OP_RW).to_bytes(), GuestAddress(0x1000)).unwrap();
+        m.write_slice(&hdr(5, OP_RW).to_bytes(), GuestAddress(0x1000))
+            .unwrap();
         m.write_slice(b"hello", GuestAddress(0x2000)).unwrap();
         let q = MockSplitQueue::new(&m, 16);
         let (h, p) = parse_tx(chain(&q, &[(0x1000, 44, 0), (0x2000, 5, 0)]), &m).unwrap();
@@ -318,20 +331,37 @@ mod tests {
     fn tx_rejects_lies_and_bad_buffers() {
         let m = mem();
         let q = MockSplitQueue::new(&m, 16);
-        m.write_slice(&hdr(100, OP_RW).to_bytes(), GuestAddress(0x1000)).unwrap();
+        m.write_slice(&hdr(100, OP_RW).to_bytes(), GuestAddress(0x1000))
+            .unwrap();
         assert_eq!(
             parse_tx(chain(&q, &[(0x1000, 44, 0), (0x2000, 5, 0)]), &m),
-            Err(PacketError::PayloadTruncated { announced: 100, present: 5 })
+            Err(PacketError::PayloadTruncated {
+                announced: 100,
+                present: 5
+            })
         );
-        m.write_slice(&hdr(u32::MAX, OP_RW).to_bytes(), GuestAddress(0x1000)).unwrap();
-        assert_eq!(parse_tx(chain(&q, &[(0x1000, 44, 0)]), &m), Err(PacketError::PayloadTooLong(u32::MAX)));
-        assert_eq!(parse_tx(chain(&q, &[(0x1000, 20, 0)]), &m), Err(PacketError::ShortHeader(20)));
-        assert_eq!(parse_tx(chain(&q, &[(0x1000, 44, W)]), &m), Err(PacketError::WritableInTx));
+        m.write_slice(&hdr(u32::MAX, OP_RW).to_bytes(), GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(
+            parse_tx(chain(&q, &[(0x1000, 44, 0)]), &m),
+            Err(PacketError::PayloadTooLong(u32::MAX))
+        );
+        assert_eq!(
+            parse_tx(chain(&q, &[(0x1000, 20, 0)]), &m),
+            Err(PacketError::ShortHeader(20))
+        );
+        assert_eq!(
+            parse_tx(chain(&q, &[(0x1000, 44, W)]), &m),
+            Err(PacketError::WritableInTx)
+        );
         assert!(matches!(
             parse_tx(chain(&q, &[(0xf_fff0, 44, 0)]), &m),
             Err(PacketError::OutOfGuestMemory { .. })
         ));
-        assert_eq!(parse_tx(chain(&q, &[(0x1000, 0, 0)]), &m), Err(PacketError::ShortHeader(0)));
+        assert_eq!(
+            parse_tx(chain(&q, &[(0x1000, 0, 0)]), &m),
+            Err(PacketError::ShortHeader(0))
+        );
     }
 
     #[test]
