@@ -12,6 +12,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::vmm::timeline::BootPhases;
+
 /// What ended the VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -74,6 +76,9 @@ pub struct ExitRecord {
     pub guest_uptime_ms: Option<u64>,
     /// The guest's panic line, whenever one was seen (also for other reasons).
     pub panic_line: Option<String>,
+    /// When each boot phase was reached, in microseconds since VMM start.
+    #[serde(default)]
+    pub boot_timeline_us: BootPhases,
 }
 
 /// Why an exit record could not be written.
@@ -153,6 +158,7 @@ mod tests {
             vmm_uptime_ms: 2,
             guest_uptime_ms: Some(1),
             panic_line: None,
+            boot_timeline_us: BootPhases::default(),
         }
     }
 

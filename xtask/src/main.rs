@@ -27,7 +27,7 @@ struct Cli {
 enum Command {
     /// Install the Debian packages hull's build, tests and dev node need.
     Deps,
-    /// Run a benchmark against its baseline: image-pull.
+    /// Run a benchmark against its baseline: image-pull, vmm-boot.
     Bench(bench::BenchArgs),
     /// Run the whole test suite: lints, unit and integration tests, VM tests.
     Test(test::TestArgs),

@@ -391,7 +391,7 @@ pub fn build(
             .fd
             .create_vcpu(u64::from(index))
             .map_err(|e| vcpu_setup(index)(VcpuSetupError::Create(e)))?;
-        let cpuid = cpuid::for_vcpu(&supported, index, config.vcpus)
+        let cpuid = cpuid::for_vcpu(&supported, index, config.vcpus, caps.tsc_deadline_timer)
             .map_err(|e| vcpu_setup(index)(e.into()))?;
         fd.set_cpuid2(&cpuid)
             .map_err(|e| vcpu_setup(index)(VcpuSetupError::SetCpuid(e)))?;

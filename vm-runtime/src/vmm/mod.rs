@@ -280,6 +280,7 @@ fn finish(
         vmm_uptime_ms: timeline::since_start_us() / 1000,
         guest_uptime_ms: timeline.guest_uptime_us().map(|us| us / 1000),
         panic_line,
+        boot_timeline_us: timeline.snapshot(),
     };
     record.write(&options.exit_record)?;
     if let Some(path) = &options.api_sock {

@@ -47,7 +47,31 @@ pub struct BootTimeline {
     pub first_vcpu_run_us: AtomicU64,
 }
 
+/// A copy of the timeline for the exit record (microseconds since VMM
+/// start; 0 = phase not reached).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootPhases {
+    pub boot_requested_us: u64,
+    pub kvm_ready_us: u64,
+    pub kernel_loaded_us: u64,
+    pub devices_ready_us: u64,
+    pub first_vcpu_run_us: u64,
+}
+
 impl BootTimeline {
+    /// The phases reached so far.
+    pub fn snapshot(&self) -> BootPhases {
+        let get = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        BootPhases {
+            boot_requested_us: get(&self.boot_requested_us),
+            kvm_ready_us: get(&self.kvm_ready_us),
+            kernel_loaded_us: get(&self.kernel_loaded_us),
+            devices_ready_us: get(&self.devices_ready_us),
+            first_vcpu_run_us: get(&self.first_vcpu_run_us),
+        }
+    }
+
     /// Records that `phase` was reached now (only the first time).
     pub fn mark(&self, phase: BootPhase) {
         let slot = match phase {
@@ -86,5 +110,8 @@ mod tests {
         t.mark(BootPhase::FirstVcpuRun);
         assert!(t.first_vcpu_run_us.load(Ordering::SeqCst) > first);
         assert!(t.guest_uptime_us().is_some());
+        let phases = t.snapshot();
+        assert_eq!(phases.kvm_ready_us, first);
+        assert_eq!(phases.kernel_loaded_us, 0);
     }
 }

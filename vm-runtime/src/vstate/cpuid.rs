@@ -35,6 +35,7 @@ const LEAF_AMD_CACHE: u32 = 0x8000_001d;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 const AMD_ECX_CMP_LEGACY: u32 = 1 << 1;
 const LEVEL_TYPE_INVALID: u32 = 0;
@@ -67,8 +68,16 @@ fn id_bits(count: u32) -> u32 {
 }
 
 /// Returns the CPUID for vCPU `cpu_index` (also its APIC id) of `vcpus`,
-/// starting from KVM's supported CPUID.
-pub fn for_vcpu(supported: &CpuId, cpu_index: u8, vcpus: u8) -> Result<CpuId, CpuidError> {
+/// starting from KVM's supported CPUID. `tsc_deadline`: KVM emulates the
+/// LAPIC TSC-deadline timer (KVM_CAP_TSC_DEADLINE_TIMER), which KVM's
+/// supported CPUID does not list; offering it spares the guest the LAPIC
+/// timer calibration at boot.
+pub fn for_vcpu(
+    supported: &CpuId,
+    cpu_index: u8,
+    vcpus: u8,
+    tsc_deadline: bool,
+) -> Result<CpuId, CpuidError> {
     let apic_id = u32::from(cpu_index);
     let count = u32::from(vcpus);
     let core_bits = id_bits(count);
@@ -92,6 +101,9 @@ pub fn for_vcpu(supported: &CpuId, cpu_index: u8, vcpus: u8) -> Result<CpuId, Cp
                 // EBX[31:24] initial APIC id, EBX[23:16] addressable logical ids.
                 entry.ebx = (entry.ebx & 0x0000_ffff) | (apic_id << 24) | ((1 << core_bits) << 16);
                 entry.ecx |= ECX_HYPERVISOR;
+                if tsc_deadline {
+                    entry.ecx |= ECX_TSC_DEADLINE;
+                }
                 if count > 1 {
                     entry.edx |= EDX_HTT;
                 } else {
@@ -226,12 +238,13 @@ mod tests {
             entry(0xa, 0, 0x0704_0002, 0, 0, 0),
         ])
         .unwrap();
-        let c = for_vcpu(&supported, 3, 4).unwrap();
+        let c = for_vcpu(&supported, 3, 4, true).unwrap();
         let leaf1 = find(&c, 1, 0);
         assert_eq!(leaf1.ebx >> 24, 3);
         assert_eq!((leaf1.ebx >> 16) & 0xff, 4);
         assert_ne!(leaf1.ecx & ECX_HYPERVISOR, 0);
         assert_ne!(leaf1.edx & EDX_HTT, 0);
+        assert_ne!(leaf1.ecx & ECX_TSC_DEADLINE, 0);
         let l3 = find(&c, 4, 0);
         assert_eq!(l3.eax >> 26, 3);
         assert_eq!((l3.eax >> 14) & 0xfff, 3);
@@ -254,7 +267,7 @@ mod tests {
             entry(0x8000_001e, 0, 7, 0x100, 5, 0),
         ])
         .unwrap();
-        let c = for_vcpu(&supported, 1, 2).unwrap();
+        let c = for_vcpu(&supported, 1, 2, false).unwrap();
         assert_eq!(find(&c, 0x8000_0008, 0).ecx, (1 << 12) | 1);
         assert_ne!(find(&c, 0x8000_0001, 0).ecx & AMD_ECX_CMP_LEGACY, 0);
         let topo = find(&c, 0x8000_001e, 0);
@@ -270,7 +283,7 @@ mod tests {
             entry(1, 0, 0, 0, 0, EDX_HTT),
         ])
         .unwrap();
-        let c = for_vcpu(&supported, 0, 1).unwrap();
+        let c = for_vcpu(&supported, 0, 1, false).unwrap();
         assert_eq!(find(&c, 1, 0).edx & EDX_HTT, 0);
         assert!(c.as_slice().iter().all(|e| e.function != 0xb));
     }

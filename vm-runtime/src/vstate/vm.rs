@@ -50,6 +50,7 @@ const REQUIRED: &[Cap] = &[
 pub struct Capabilities {
     pub xsave: bool,
     pub xcrs: bool,
+    pub tsc_deadline_timer: bool,
 }
 
 /// An open KVM with a VM that has its irqchip, PIT and memory.
@@ -72,6 +73,7 @@ pub fn open_kvm() -> Result<(Kvm, Capabilities), VmError> {
     let caps = Capabilities {
         xsave: kvm.check_extension(Cap::Xsave),
         xcrs: kvm.check_extension(Cap::Xcrs),
+        tsc_deadline_timer: kvm.check_extension(Cap::TscDeadlineTimer),
     };
     Ok((kvm, caps))
 }

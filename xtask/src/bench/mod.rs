@@ -5,6 +5,7 @@
 //! a few times from cold state (fresh roots) and reports the median.
 
 mod image_pull;
+mod vmm_boot;
 
 use anyhow::{Result, bail};
 use clap::Args;
@@ -12,7 +13,7 @@ use clap::Args;
 /// Arguments of `cargo xtask bench`.
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Which benchmark: image-pull.
+    /// Which benchmark: image-pull, vmm-boot.
     name: String,
     /// Runs per side; the median is reported.
     #[arg(long, default_value_t = 3)]
@@ -29,7 +30,8 @@ pub fn run_cli(args: BenchArgs) -> Result<()> {
     }
     match args.name.as_str() {
         "image-pull" => image_pull::run(args.runs, args.megabytes),
-        other => bail!("unknown benchmark {other:?}; known: image-pull"),
+        "vmm-boot" => vmm_boot::run_bench(args.runs),
+        other => bail!("unknown benchmark {other:?}; known: image-pull, vmm-boot"),
     }
 }
 
