@@ -27,7 +27,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::host_check;
-use crate::seccomp::{self, SeccompError, ThreadKind};
+use crate::seccomp::{self, ThreadKind};
 use crate::vstate::layout::{
     I8042_PORT_BASE, IRQ_KEYBOARD, IRQ_MAX, IRQ_SERIAL, IRQ_VIRTIO_FIRST, SERIAL_PORT_BASE,
     VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
@@ -89,8 +89,6 @@ pub enum BuildError {
     Bus(#[from] BusError),
     #[error("cannot start the device event loop")]
     EventManager(#[source] event_manager::Error),
-    #[error("cannot build the seccomp filters")]
-    Seccomp(#[from] SeccompError),
     #[error("cannot start the {0} thread")]
     Thread(&'static str, #[source] std::io::Error),
 }
