@@ -4,6 +4,7 @@
 pub mod cpio;
 pub mod disk;
 pub mod guest;
+pub mod hulld;
 pub mod qemu;
 pub mod registry;
 pub mod test_image;

@@ -105,26 +105,35 @@ async fn instrumented<T>(
 }
 
 /// Implements a generated service trait by forwarding each method to the
-/// `CriService` method of the same name.
-macro_rules! rpc_methods {
-    ($($method:ident($request:ident) -> $response:ident;)*) => {
-        $(
-            async fn $method(
-                &self,
-                request: Request<cri::$request>,
-            ) -> Result<Response<cri::$response>, Status> {
-                let span = tracing::info_span!("cri", method = stringify!($request));
-                instrumented(stringify!($request), self.0.$method(request.into_inner()))
-                    .instrument(span)
-                    .await
-            }
-        )*
+/// `CriService` method of the same name; `extra` holds what cannot be
+/// forwarded that way (streaming methods and their types).
+macro_rules! cri_service {
+    (
+        impl $service:path, for $api:ty {
+            $($method:ident($request:ident) -> $response:ident;)*
+        }
+        extra { $($extra:tt)* }
+    ) => {
+        #[tonic::async_trait]
+        impl $service for $api {
+            $(
+                async fn $method(
+                    &self,
+                    request: Request<cri::$request>,
+                ) -> Result<Response<cri::$response>, Status> {
+                    let span = tracing::info_span!("cri", method = stringify!($request));
+                    instrumented(stringify!($request), self.0.$method(request.into_inner()))
+                        .instrument(span)
+                        .await
+                }
+            )*
+            $($extra)*
+        }
     };
 }
 
-#[tonic::async_trait]
-impl cri::runtime_service_server::RuntimeService for RuntimeApi {
-    rpc_methods! {
+cri_service! {
+    impl cri::runtime_service_server::RuntimeService, for RuntimeApi {
         version(VersionRequest) -> VersionResponse;
         status(StatusRequest) -> StatusResponse;
         runtime_config(RuntimeConfigRequest) -> RuntimeConfigResponse;
@@ -154,30 +163,28 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;
     }
+    extra {
+        type GetContainerEventsStream = events::ContainerEventStream;
 
-    type GetContainerEventsStream = events::ContainerEventStream;
-
-    async fn get_container_events(
-        &self,
-        request: Request<cri::GetEventsRequest>,
-    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        instrumented(
-            "GetEventsRequest",
-            std::future::ready(Ok(self.0.container_events(request.into_inner()))),
-        )
-        .await
+        async fn get_container_events(
+            &self,
+            request: Request<cri::GetEventsRequest>,
+        ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+            let events = self.0.container_events(request.into_inner());
+            instrumented("GetEventsRequest", std::future::ready(Ok(events))).await
+        }
     }
 }
 
-#[tonic::async_trait]
-impl cri::image_service_server::ImageService for ImageApi {
-    rpc_methods! {
+cri_service! {
+    impl cri::image_service_server::ImageService, for ImageApi {
         list_images(ListImagesRequest) -> ListImagesResponse;
         image_status(ImageStatusRequest) -> ImageStatusResponse;
         pull_image(PullImageRequest) -> PullImageResponse;
         remove_image(RemoveImageRequest) -> RemoveImageResponse;
         image_fs_info(ImageFsInfoRequest) -> ImageFsInfoResponse;
     }
+    extra {}
 }
 
 /// Nanoseconds since the Unix epoch, as the CRI's timestamps are.
