@@ -28,6 +28,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Registry mirrors, credentials and plain-HTTP hosts.
     pub registry: image_service::RegistryConfig,
+    /// Limits on what one pulled image may unpack to.
+    pub image: image_service::UnpackLimits,
 }
 
 impl Default for Config {
@@ -38,6 +40,7 @@ impl Default for Config {
             cgroup_driver: CgroupDriver::Cgroupfs,
             log: LogConfig::default(),
             registry: image_service::RegistryConfig::default(),
+            image: image_service::UnpackLimits::default(),
         }
     }
 }
@@ -183,7 +186,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_refused_with_its_name_and_the_file() {
-        let err = parse("socket_pth = \"/run/x.sock\"\n").unwrap_err().to_string();
+        let err = parse("socket_pth = \"/run/x.sock\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("socket_pth"), "{err}");
         assert!(err.contains("/etc/hull/config.toml"), "{err}");
         let err = parse("[log]\nlevle = \"debug\"\n").unwrap_err().to_string();
@@ -192,14 +197,21 @@ mod tests {
 
     #[test]
     fn wrong_value_type_names_the_key() {
-        let err = parse("cgroup_driver = \"cgroupv3\"\n").unwrap_err().to_string();
+        let err = parse("cgroup_driver = \"cgroupv3\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cgroup"), "{err}");
     }
 
     #[test]
     fn relative_paths_are_refused() {
-        let err = parse("state_dir = \"var/lib/hull\"\n").unwrap_err().to_string();
-        assert!(err.contains("state_dir") && err.contains("absolute"), "{err}");
+        let err = parse("state_dir = \"var/lib/hull\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("state_dir") && err.contains("absolute"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -35,7 +35,11 @@ pub enum DaemonError {
 pub fn open_service(config: Arc<Config>) -> Result<CriService, DaemonError> {
     let sandboxes = RecordStore::open(&config.sandboxes_dir())?;
     let containers = RecordStore::open(&config.containers_dir())?;
-    let images = image_service::ImageStore::open(&config.images_dir(), config.registry.clone())?;
+    let images = image_service::ImageStore::open_with_limits(
+        &config.images_dir(),
+        config.registry.clone(),
+        config.image.clone(),
+    )?;
     let runtime_state = RuntimeState::load(&config.runtime_state_path());
     tracing::info!(
         sandboxes = sandboxes.len(),

@@ -14,9 +14,15 @@ pub enum CriError {
     #[error("{field} is invalid: {reason}")]
     InvalidField { field: &'static str, reason: String },
     #[error("{what} is not supported by hull: {why}")]
-    Unsupported { what: &'static str, why: &'static str },
+    Unsupported {
+        what: &'static str,
+        why: &'static str,
+    },
     #[error("{what} is not available in this build of hulld yet: {why}")]
-    NotYetAvailable { what: &'static str, why: &'static str },
+    NotYetAvailable {
+        what: &'static str,
+        why: &'static str,
+    },
     #[error("this host cannot run pod VMs: {reason}")]
     KvmUnusable { reason: String },
     #[error("{kind} {id} is {state}; cannot {action}")]
@@ -39,9 +45,7 @@ impl CriError {
         match self {
             CriError::MissingField { .. } | CriError::InvalidField { .. } => Code::InvalidArgument,
             CriError::Unsupported { .. } | CriError::NotYetAvailable { .. } => Code::Unimplemented,
-            CriError::KvmUnusable { .. } | CriError::WrongState { .. } => {
-                Code::FailedPrecondition
-            }
+            CriError::KvmUnusable { .. } | CriError::WrongState { .. } => Code::FailedPrecondition,
             CriError::ImageNotFound { .. } => Code::NotFound,
             CriError::Image(err) => image_error_code(err),
             CriError::Store(err) => match err {
@@ -139,9 +143,9 @@ mod tests {
         .into();
         assert_eq!(status.code(), Code::Internal);
         assert!(
-            status
-                .message()
-                .starts_with("cannot write state record /var/lib/hull/sandboxes/x.json: No space left on device"),
+            status.message().starts_with(
+                "cannot write state record /var/lib/hull/sandboxes/x.json: No space left on device"
+            ),
             "{}",
             status.message()
         );

@@ -8,7 +8,11 @@ use cri_server::config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_CONFIG_TOML, LogFo
 use cri_server::error::error_chain;
 
 #[derive(Parser)]
-#[command(name = "hulld", version, about = "hull: a CRI runtime that runs every pod in its own microVM")]
+#[command(
+    name = "hulld",
+    version,
+    about = "hull: a CRI runtime that runs every pod in its own microVM"
+)]
 struct Cli {
     /// Configuration file.
     #[arg(long, global = true, value_name = "PATH")]

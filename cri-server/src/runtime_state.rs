@@ -78,7 +78,9 @@ impl RuntimeState {
 fn validate_cidr(cidr: &str) -> Result<(), &'static str> {
     let (address, prefix) = cidr.split_once('/').ok_or("not ADDRESS/PREFIX")?;
     let address: IpAddr = address.parse().map_err(|_| "not an IP address")?;
-    let prefix: u8 = prefix.parse().map_err(|_| "prefix length is not a number")?;
+    let prefix: u8 = prefix
+        .parse()
+        .map_err(|_| "prefix length is not a number")?;
     let max = if address.is_ipv4() { 32 } else { 128 };
     if prefix > max {
         return Err("prefix length too long for the address family");
@@ -96,7 +98,9 @@ mod tests {
         let path = dir.path().join("runtime.json");
         let state = RuntimeState::load(&path);
         assert_eq!(state.pod_cidr(), "");
-        state.set_pod_cidr("10.244.1.0/24,fd00:10:244:1::/64").unwrap();
+        state
+            .set_pod_cidr("10.244.1.0/24,fd00:10:244:1::/64")
+            .unwrap();
         let reloaded = RuntimeState::load(&path);
         assert_eq!(reloaded.pod_cidr(), "10.244.1.0/24,fd00:10:244:1::/64");
     }

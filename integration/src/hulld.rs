@@ -49,7 +49,8 @@ impl Hulld {
         Self::start_with_config("").await
     }
 
-    /// Starts hulld with `extra_config` (TOML) appended to the test's base
+    /// Starts hulld with `extra_config` (TOML, top-level keys and tables other
+    /// than `[log]`) added to the test's base
     /// configuration (socket and state in the temporary directory).
     pub async fn start_with_config(extra_config: &str) -> Self {
         let dir = tempfile::Builder::new()
@@ -95,7 +96,7 @@ impl Hulld {
 
     fn write_config(&self) {
         let config = format!(
-            "socket_path = {:?}\nstate_dir = {:?}\n[log]\nlevel = \"debug\"\n{}\n",
+            "socket_path = {:?}\nstate_dir = {:?}\n{}\n[log]\nlevel = \"debug\"\n",
             self.socket_path(),
             self.state_dir(),
             self.extra_config

@@ -65,7 +65,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ),
     ("iproute2", "network namespaces, tap devices"),
     ("containerd", "the baseline the benchmarks compare with"),
-    ("attr", "getfattr: image tests read extended attributes of mounted images"),
+    (
+        "attr",
+        "getfattr: image tests read extended attributes of mounted images",
+    ),
     ("systemd", "systemd-analyze verify for the unit file"),
 ];
 

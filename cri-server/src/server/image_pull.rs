@@ -27,6 +27,8 @@ impl CriService {
         });
         let image = self.images.pull(&reference, auth).await?;
         tracing::info!(reference, image_id = image.id, "image pulled");
-        Ok(cri::PullImageResponse { image_ref: image.id })
+        Ok(cri::PullImageResponse {
+            image_ref: image.id,
+        })
     }
 }

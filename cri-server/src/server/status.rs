@@ -13,7 +13,10 @@ const NETWORK_NOT_READY_REASON: &str = "NetworkPluginNotReady";
 const RUNTIME_NOT_READY_REASON: &str = "KVMUnusable";
 
 impl CriService {
-    pub async fn status(&self, request: cri::StatusRequest) -> Result<cri::StatusResponse, CriError> {
+    pub async fn status(
+        &self,
+        request: cri::StatusRequest,
+    ) -> Result<cri::StatusResponse, CriError> {
         let runtime_ready = match self.host.kvm_problem() {
             None => cri::RuntimeCondition {
                 r#type: "RuntimeReady".into(),

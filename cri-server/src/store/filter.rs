@@ -36,8 +36,7 @@ pub fn container_matches(container: &ContainerRecord, filter: &cri::ContainerFil
     if !filter.id.is_empty() && filter.id != container.metadata.id {
         return false;
     }
-    if !filter.pod_sandbox_id.is_empty() && filter.pod_sandbox_id != container.metadata.sandbox_id
-    {
+    if !filter.pod_sandbox_id.is_empty() && filter.pod_sandbox_id != container.metadata.sandbox_id {
         return false;
     }
     if let Some(state) = &filter.state

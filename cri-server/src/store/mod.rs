@@ -214,10 +214,8 @@ impl<R: Record> RecordStore<R> {
     /// Resolves `id_or_prefix` and returns the record.
     pub fn lookup(&self, id_or_prefix: &str) -> Result<R, StoreError> {
         let id = self.resolve(id_or_prefix)?;
-        self.get(&id).ok_or(StoreError::NotFound {
-            kind: R::KIND,
-            id,
-        })
+        self.get(&id)
+            .ok_or(StoreError::NotFound { kind: R::KIND, id })
     }
 
     /// Every record, in no particular order.
@@ -229,6 +227,11 @@ impl<R: Record> RecordStore<R> {
     /// How many records there are.
     pub fn len(&self) -> usize {
         self.records.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether the store holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -287,7 +290,10 @@ mod tests {
             store.resolve("zz"),
             Err(StoreError::NotFound { .. })
         ));
-        assert!(matches!(store.resolve(""), Err(StoreError::NotFound { .. })));
+        assert!(matches!(
+            store.resolve(""),
+            Err(StoreError::NotFound { .. })
+        ));
     }
 
     #[test]
@@ -320,7 +326,11 @@ mod tests {
     #[test]
     fn corrupt_and_temporary_files_are_set_aside_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("good.json"), br#"{"id":"good","text":"ok"}"#).unwrap();
+        fs::write(
+            dir.path().join("good.json"),
+            br#"{"id":"good","text":"ok"}"#,
+        )
+        .unwrap();
         fs::write(dir.path().join("bad.json"), b"{ truncated").unwrap();
         fs::write(dir.path().join("good.json.77.tmp"), b"partial").unwrap();
         let store = RecordStore::<Note>::open(dir.path()).unwrap();

@@ -89,15 +89,19 @@ impl SandboxRecord {
 
     /// The status PodSandboxStatus returns.
     pub fn to_cri_status(&self) -> cri::PodSandboxStatus {
-        let network = self.status.ip.as_ref().map(|ip| cri::PodSandboxNetworkStatus {
-            ip: ip.clone(),
-            additional_ips: self
-                .status
-                .additional_ips
-                .iter()
-                .map(|ip| cri::PodIp { ip: ip.clone() })
-                .collect(),
-        });
+        let network = self
+            .status
+            .ip
+            .as_ref()
+            .map(|ip| cri::PodSandboxNetworkStatus {
+                ip: ip.clone(),
+                additional_ips: self
+                    .status
+                    .additional_ips
+                    .iter()
+                    .map(|ip| cri::PodIp { ip: ip.clone() })
+                    .collect(),
+            });
         let namespace_options = self
             .metadata
             .config
