@@ -37,6 +37,8 @@ pub fn run_all(args: TestArgs) -> Result<()> {
     if !args.no_lint {
         run_lints()?;
     }
+    // Integration tests start the workspace's own binaries (hulld, hull-vmm).
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
     run(cargo().args(["test", "--workspace"]))?;
     // VM tests: `vm_*` targets of hull-integration, all in one test VM boot
     // (see xtask/src/testvm/suite.rs).
