@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::vm_config::{MAX_VCPUS, RuntimeHandlers, VmSettings};
+
 /// Where hulld looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hull/config.toml";
 
@@ -30,6 +32,10 @@ pub struct Config {
     pub registry: image_service::RegistryConfig,
     /// Limits on what one pulled image may unpack to.
     pub image: image_service::UnpackLimits,
+    /// Pod VMs: kernel, agent, default size, slots, scratch disk.
+    pub vm: VmSettings,
+    /// RuntimeClass handlers and the VM size each selects.
+    pub runtime_handlers: RuntimeHandlers,
 }
 
 impl Default for Config {
@@ -41,6 +47,8 @@ impl Default for Config {
             log: LogConfig::default(),
             registry: image_service::RegistryConfig::default(),
             image: image_service::UnpackLimits::default(),
+            vm: VmSettings::default(),
+            runtime_handlers: RuntimeHandlers::new(),
         }
     }
 }
@@ -139,6 +147,44 @@ impl Config {
         if !self.state_dir.is_absolute() {
             return Err(invalid("state_dir", "must be an absolute path"));
         }
+        for (key, value) in [
+            ("vm.kernel", &self.vm.kernel),
+            ("vm.initramfs", &self.vm.initramfs),
+            ("vm.run_dir", &self.vm.run_dir),
+        ] {
+            if !value.is_absolute() {
+                return Err(invalid(key, "must be an absolute path"));
+            }
+        }
+        if self.vm.vcpus == 0 || self.vm.vcpus > MAX_VCPUS {
+            return Err(invalid("vm.vcpus", "must be between 1 and 32"));
+        }
+        if self.vm.memory_mib < 64 || self.vm.base_memory_mib < 64 {
+            return Err(invalid(
+                "vm.memory_mib",
+                "memory_mib and base_memory_mib must be at least 64",
+            ));
+        }
+        if self.vm.drive_slots == 0 || self.vm.drive_slots > 16 {
+            return Err(invalid(
+                "vm.drive_slots",
+                "must be between 1 and 16 (each slot is a virtio-mmio device)",
+            ));
+        }
+        for handler in self.runtime_handlers.values() {
+            if handler.vcpus.is_some_and(|v| v == 0 || v > MAX_VCPUS) {
+                return Err(invalid(
+                    "runtime_handlers.*.vcpus",
+                    "must be between 1 and 32",
+                ));
+            }
+            if handler.memory_mib.is_some_and(|m| m < 64) {
+                return Err(invalid(
+                    "runtime_handlers.*.memory_mib",
+                    "must be at least 64",
+                ));
+            }
+        }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", &err.to_string()));
         }
@@ -158,6 +204,12 @@ impl Config {
     /// Root of the image store.
     pub fn images_dir(&self) -> PathBuf {
         self.state_dir.join("images")
+    }
+
+    /// Per-pod files that must survive a hulld restart: scratch disk, VM
+    /// console log, exit record.
+    pub fn pods_dir(&self) -> PathBuf {
+        self.state_dir.join("pods")
     }
 
     /// Runtime-wide state the kubelet sets (UpdateRuntimeConfig).

@@ -12,3 +12,4 @@ pub mod runtime_state;
 pub mod server;
 pub mod socket;
 pub mod store;
+pub mod vm_config;
