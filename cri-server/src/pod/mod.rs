@@ -4,3 +4,4 @@
 pub mod cgroup;
 pub mod host_mounts;
 pub mod logs;
+pub mod vm;
