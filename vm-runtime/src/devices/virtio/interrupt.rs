@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Why the device interrupted.
@@ -38,6 +40,18 @@ impl VirtioInterrupt {
         };
         self.status.fetch_or(bit, Ordering::SeqCst);
         self.irqfd.write(1)
+    }
+
+    /// After buffers were put in `queue`'s used ring: raises the queue
+    /// interrupt unless the driver asked not to be notified (event index).
+    /// A failure is logged with `device` named; the guest then sees the
+    /// buffers on its next interrupt or poll.
+    pub fn notify_used(&self, queue: &mut Queue, mem: &GuestMemoryMmap, device: &'static str) {
+        if queue.needs_notification(mem).unwrap_or(true)
+            && let Err(error) = self.trigger(InterruptKind::Queue)
+        {
+            tracing::warn!(%error, device, "cannot raise the queue interrupt");
+        }
     }
 
     /// The InterruptStatus register.

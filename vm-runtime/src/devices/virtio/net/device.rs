@@ -14,8 +14,8 @@ use super::metrics::NetMetrics;
 use super::tap::Tap;
 use super::{MAX_FRAME_LEN, QUEUE_SIZE};
 use crate::devices::virtio::{
-    ActivateError, Activation, FEATURE_VERSION_1, InterruptKind, VirtioDevice, VirtioInterrupt,
-    device_id, read_config_bytes,
+    ActivateError, Activation, FEATURE_VERSION_1, VirtioDevice, VirtioInterrupt, device_id,
+    read_config_bytes,
 };
 
 pub const RX_QUEUE: usize = 0;
@@ -111,7 +111,9 @@ impl Net {
             used_any = true;
         }
         if used_any {
-            notify(active, TX_QUEUE);
+            active
+                .interrupt
+                .notify_used(&mut active.queues[TX_QUEUE], &active.mem, "net");
         }
     }
 
@@ -162,18 +164,10 @@ impl Net {
             used_any = true;
         }
         if used_any {
-            notify(active, RX_QUEUE);
+            active
+                .interrupt
+                .notify_used(&mut active.queues[RX_QUEUE], &active.mem, "net");
         }
-    }
-}
-
-fn notify(active: &mut Active, queue: usize) {
-    if active.queues[queue]
-        .needs_notification(&active.mem)
-        .unwrap_or(true)
-        && let Err(error) = active.interrupt.trigger(InterruptKind::Queue)
-    {
-        tracing::warn!(%error, "cannot raise the net interrupt");
     }
 }
 

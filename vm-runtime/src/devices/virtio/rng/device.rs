@@ -10,8 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::metrics::RngMetrics;
 use super::{QUEUE_SIZE, request};
 use crate::devices::virtio::{
-    ActivateError, Activation, FEATURE_VERSION_1, InterruptKind, VirtioDevice, VirtioInterrupt,
-    device_id,
+    ActivateError, Activation, FEATURE_VERSION_1, VirtioDevice, VirtioInterrupt, device_id,
 };
 
 struct ActiveQueue {
@@ -70,11 +69,10 @@ impl Rng {
             }
             used_any = true;
         }
-        if used_any
-            && active.queue.needs_notification(&active.mem).unwrap_or(true)
-            && let Err(error) = active.interrupt.trigger(InterruptKind::Queue)
-        {
-            tracing::warn!(%error, "cannot raise the rng interrupt");
+        if used_any {
+            active
+                .interrupt
+                .notify_used(&mut active.queue, &active.mem, "rng");
         }
     }
 }

@@ -15,8 +15,8 @@ use super::metrics::VsockMetrics;
 use super::muxer::Muxer;
 use super::packet::{self, RxBuffers};
 use crate::devices::virtio::{
-    ActivateError, Activation, FEATURE_VERSION_1, InterruptKind, VirtioDevice, VirtioInterrupt,
-    device_id, read_config_bytes,
+    ActivateError, Activation, FEATURE_VERSION_1, VirtioDevice, VirtioInterrupt, device_id,
+    read_config_bytes,
 };
 
 /// Queue indexes.
@@ -86,7 +86,9 @@ impl Vsock {
             used_any = true;
         }
         if used_any {
-            notify(active, TX_QUEUE);
+            active
+                .interrupt
+                .notify_used(&mut active.queues[TX_QUEUE], &active.mem, "vsock");
         }
     }
 
@@ -136,18 +138,10 @@ impl Vsock {
             used_any = true;
         }
         if used_any {
-            notify(active, RX_QUEUE);
+            active
+                .interrupt
+                .notify_used(&mut active.queues[RX_QUEUE], &active.mem, "vsock");
         }
-    }
-}
-
-fn notify(active: &mut Active, queue: usize) {
-    if active.queues[queue]
-        .needs_notification(&active.mem)
-        .unwrap_or(true)
-        && let Err(error) = active.interrupt.trigger(InterruptKind::Queue)
-    {
-        tracing::warn!(%error, "cannot raise the vsock interrupt");
     }
 }
 
