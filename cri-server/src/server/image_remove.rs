@@ -2,7 +2,7 @@
 
 use k8s_cri::v1 as cri;
 
-use super::CriService;
+use super::{CriService, required_image};
 use crate::error::CriError;
 
 impl CriService {
@@ -10,13 +10,7 @@ impl CriService {
         &self,
         request: cri::RemoveImageRequest,
     ) -> Result<cri::RemoveImageResponse, CriError> {
-        let reference = request
-            .image
-            .map(|spec| spec.image)
-            .filter(|image| !image.is_empty())
-            .ok_or(CriError::MissingField {
-                field: "image.image",
-            })?;
+        let reference = required_image(request.image)?;
         // Removing an image that is not there succeeds (the CRI's contract).
         self.images.remove(&reference).await?;
         tracing::info!(reference, "image removed");

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use k8s_cri::v1 as cri;
 
-use super::CriService;
 use super::image_list::to_cri_image;
+use super::{CriService, required_image};
 use crate::error::CriError;
 
 impl CriService {
@@ -13,13 +13,7 @@ impl CriService {
         &self,
         request: cri::ImageStatusRequest,
     ) -> Result<cri::ImageStatusResponse, CriError> {
-        let reference = request
-            .image
-            .map(|spec| spec.image)
-            .filter(|image| !image.is_empty())
-            .ok_or(CriError::MissingField {
-                field: "image.image",
-            })?;
+        let reference = required_image(request.image)?;
         // An image that is not present is not an error: the kubelet asks to
         // decide whether to pull.
         let Some(image) = self.images.get(&reference) else {

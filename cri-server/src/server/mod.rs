@@ -187,6 +187,15 @@ cri_service! {
     extra {}
 }
 
+/// The image reference of a request's `image` field (ImageSpec.image).
+fn required_image(spec: Option<cri::ImageSpec>) -> Result<String, CriError> {
+    spec.map(|spec| spec.image)
+        .filter(|image| !image.is_empty())
+        .ok_or(CriError::MissingField {
+            field: "image.image",
+        })
+}
+
 /// Nanoseconds since the Unix epoch, as the CRI's timestamps are.
 pub fn now_nanos() -> i64 {
     std::time::SystemTime::now()

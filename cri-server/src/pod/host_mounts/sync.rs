@@ -115,18 +115,6 @@ async fn run<G: GuestFiles>(
     }
 }
 
-/// The message of an error and its sources.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
-}
-
 async fn round<G: GuestFiles>(files: &mut G, container_id: &str, mount: &mut SyncedMount) {
     let host_path = mount.location.host_path.display().to_string();
     match sync_once(files, &mount.location, &mut mount.held).await {
@@ -148,7 +136,7 @@ async fn round<G: GuestFiles>(files: &mut G, container_id: &str, mount: &mut Syn
             }
         }
         Err(err) => {
-            let message = chain(&err);
+            let message = crate::error::error_chain(&err);
             if mount.failing.as_deref() != Some(message.as_str()) {
                 tracing::warn!(
                     container_id,
