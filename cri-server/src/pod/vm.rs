@@ -24,6 +24,9 @@ use crate::vm_config::{VmSettings, VmShape};
 const GUEST_CID: u32 = 3;
 /// The scratch disk's drive id (also its virtio serial in the guest).
 pub const SCRATCH_DRIVE: &str = "scratch";
+/// The oldest agent protocol (v1 minor) hulld drives: host mounts need
+/// ReadFile and RemoveFile (minor 2).
+const MIN_AGENT_PROTOCOL: u32 = 2;
 /// How long a pod's agent may take to answer one request on the stop path.
 const STOP_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -133,7 +136,11 @@ impl VmmProcess {
 
     /// Whether this very process still exists (a zombie counts as gone).
     pub fn is_alive(&self) -> bool {
-        process_start_time(self.pid) == Some(self.start_time) && !is_zombie(self.pid)
+        match process_stat(self.pid) {
+            // Z: zombie, X: dead (being reaped).
+            Some((state, start)) => start == self.start_time && state != 'Z' && state != 'X',
+            None => false,
+        }
     }
 
     /// Resolves when the process has ended. Uses a pidfd, so it works for
@@ -171,23 +178,21 @@ impl VmmProcess {
     }
 }
 
-fn process_start_time(pid: u32) -> Option<u64> {
+/// A process's state letter and start time, from one read of
+/// `/proc/<pid>/stat`; `None` when there is no such process.
+fn process_stat(pid: u32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: fields
     // after it start behind the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     // `rest` starts at field 3 (state); the start time is field 22.
-    rest.split(' ').nth(19)?.parse().ok()
+    let state = rest.chars().next()?;
+    let start_time = rest.split(' ').nth(19)?.parse().ok()?;
+    Some((state, start_time))
 }
 
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let rest = stat.get(stat.rfind(')')? + 2..)?.to_string();
-            Some(rest.starts_with('Z') || rest.starts_with('X'))
-        })
-        .unwrap_or(true)
+fn process_start_time(pid: u32) -> Option<u64> {
+    process_stat(pid).map(|(_, start_time)| start_time)
 }
 
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
@@ -287,8 +292,8 @@ pub async fn launch(
         })?;
     let process = VmmProcess::find(pid).unwrap_or(VmmProcess { pid, start_time: 0 });
 
-    let deadline = started + Duration::from_secs(settings.start_timeout_secs);
-    let agent = match wait_for_agent(paths, &process, deadline).await {
+    let timeout = Duration::from_secs(settings.start_timeout_secs);
+    let agent = match wait_for_agent(paths, &process, started, timeout).await {
         Ok(agent) => agent,
         Err(err) => {
             process.kill();
@@ -394,13 +399,15 @@ async fn make_scratch_disk(path: &Path, size_mib: u64) -> Result<(), VmError> {
     Ok(())
 }
 
-/// Connects to the agent until it answers Health, the VMM ends, or the
-/// deadline passes.
+/// Connects to the agent until it answers Health, the VMM ends, or
+/// `timeout` has passed since `started`.
 async fn wait_for_agent(
     paths: &PodPaths,
     process: &VmmProcess,
-    deadline: Instant,
+    started: Instant,
+    timeout: Duration,
 ) -> Result<AgentClient, VmError> {
+    let deadline = started + timeout;
     let address = paths.agent_address();
     loop {
         if !process.is_alive() {
@@ -415,10 +422,10 @@ async fn wait_for_agent(
             && let Ok(health) = client.health(agent::HealthRequest {}).await
         {
             let health = health.into_inner();
-            if health.protocol_version < 1 {
+            if health.protocol_version < MIN_AGENT_PROTOCOL {
                 return Err(VmError::AgentTooOld {
                     got: health.protocol_version,
-                    need: 1,
+                    need: MIN_AGENT_PROTOCOL,
                 });
             }
             tracing::debug!(
@@ -431,7 +438,7 @@ async fn wait_for_agent(
         }
         if Instant::now() >= deadline {
             return Err(VmError::AgentTimeout {
-                timeout: deadline.saturating_duration_since(Instant::now()),
+                timeout,
                 pid: process.pid,
                 console: console_tail(paths),
             });
