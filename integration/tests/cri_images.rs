@@ -32,18 +32,37 @@ async fn pull(
         .map(|r| r.into_inner().image_ref)
 }
 
-async fn status(hulld: &Hulld, image: &str) -> Option<cri::Image> {
+async fn image_status(hulld: &Hulld, image: &str, verbose: bool) -> cri::ImageStatusResponse {
     hulld
         .images()
         .await
         .image_status(cri::ImageStatusRequest {
             image: spec(image),
-            verbose: false,
+            verbose,
         })
         .await
         .expect("ImageStatus")
         .into_inner()
-        .image
+}
+
+async fn status(hulld: &Hulld, image: &str) -> Option<cri::Image> {
+    image_status(hulld, image, false).await.image
+}
+
+/// The verbose ImageStatus `info` (image config, block image), as
+/// `crictl inspecti` shows it.
+async fn verbose_info(hulld: &Hulld, image: &str) -> serde_json::Value {
+    let response = image_status(hulld, image, true).await;
+    serde_json::from_str(&response.info["info"]).expect("verbose info is JSON")
+}
+
+async fn remove(hulld: &Hulld, image: &str) -> Result<(), tonic::Status> {
+    hulld
+        .images()
+        .await
+        .remove_image(cri::RemoveImageRequest { image: spec(image) })
+        .await
+        .map(|_| ())
 }
 
 async fn list(hulld: &Hulld) -> Vec<cri::Image> {
@@ -105,17 +124,7 @@ async fn pull_list_status_and_remove_as_crictl_does() {
         );
     }
     // The verbose status carries the image config, as `crictl inspecti` shows.
-    let verbose = hulld
-        .images()
-        .await
-        .image_status(cri::ImageStatusRequest {
-            image: spec(&reference),
-            verbose: true,
-        })
-        .await
-        .expect("verbose status")
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).expect("JSON");
+    let info = verbose_info(&hulld, &reference).await;
     assert_eq!(info["imageSpec"]["config"]["Cmd"][0], "sh");
 
     let images = list(&hulld).await;
@@ -140,14 +149,7 @@ async fn pull_list_status_and_remove_as_crictl_does() {
     // Pulling again is a no-op that returns the same id.
     assert_eq!(pull(&hulld, &reference, None).await.unwrap(), image_ref);
 
-    hulld
-        .images()
-        .await
-        .remove_image(cri::RemoveImageRequest {
-            image: spec(&reference),
-        })
-        .await
-        .expect("remove");
+    remove(&hulld, &reference).await.expect("remove");
     assert!(status(&hulld, &reference).await.is_none());
     assert!(list(&hulld).await.is_empty());
     let (_, used_after_remove) = image_fs_used_bytes(&hulld).await;
@@ -156,14 +158,7 @@ async fn pull_list_status_and_remove_as_crictl_does() {
         "removal frees disk: {used_after_remove} < {used_after_pull}"
     );
     // Removing what is gone is not an error (the kubelet retries removals).
-    hulld
-        .images()
-        .await
-        .remove_image(cri::RemoveImageRequest {
-            image: spec(&reference),
-        })
-        .await
-        .expect("remove twice");
+    remove(&hulld, &reference).await.expect("remove twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,17 +439,7 @@ async fn multi_arch_index_docker_schema2_and_whiteouts_through_the_cri() {
     let docker_id = pull(&hulld, &docker_ref, None).await.expect("pull docker");
     assert_eq!(docker_id, docker.id());
     // The block image holds the merged tree: the whiteout removed the file.
-    let verbose = hulld
-        .images()
-        .await
-        .image_status(cri::ImageStatusRequest {
-            image: spec(&docker_ref),
-            verbose: true,
-        })
-        .await
-        .expect("verbose status")
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).expect("JSON");
+    let info = verbose_info(&hulld, &docker_ref).await;
     let block_image = info["blockImage"].as_str().expect("block image path");
     let out = tempfile::tempdir().expect("tempdir");
     let extracted = std::process::Command::new("fsck.erofs")
