@@ -37,6 +37,55 @@ pub(super) fn receive_terminal(
     crate::sys::receive_fd(stream.as_fd()).map_err(io)
 }
 
+/// Turns a libcontainer failure to `action` container `id` into ours.
+pub(super) fn runtime_error(
+    id: &str,
+    action: &'static str,
+) -> impl FnOnce(libcontainer::error::LibcontainerError) -> ContainerError {
+    let id = id.to_owned();
+    move |source| ContainerError::Runtime {
+        action,
+        id,
+        source: Box::new(source),
+    }
+}
+
+/// A libcontainer builder for container `id` under hull's state root, with
+/// the process's stdio: with `terminal`, a console socket at
+/// `console_socket` on which libcontainer will send the terminal master
+/// (returned listener); otherwise pipes (stdin only when asked).
+pub(super) fn stdio_builder(
+    id: &str,
+    action: &'static str,
+    terminal: bool,
+    stdin: bool,
+    console_socket: &Path,
+) -> Result<(ContainerBuilder, Option<UnixListener>, Option<ProcessStdio>), ContainerError> {
+    let builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_root_path(STATE_ROOT)
+        .map_err(runtime_error(id, action))?;
+    if terminal {
+        let _ = std::fs::remove_file(console_socket);
+        let listener = UnixListener::bind(console_socket).map_err(|source| ContainerError::Io {
+            action: "listen on the console socket",
+            id: id.to_owned(),
+            source,
+        })?;
+        Ok((
+            builder.with_console_socket(Some(console_socket)),
+            Some(listener),
+            None,
+        ))
+    } else {
+        let (stdio, child) = ProcessStdio::pipes(stdin)?;
+        let builder = builder
+            .with_stdin(child.stdin)
+            .with_stdout(child.stdout)
+            .with_stderr(child.stderr);
+        Ok((builder, None, Some(stdio)))
+    }
+}
+
 /// The container's cgroup, relative to the cgroup2 root.
 fn cgroup_path(id: &str) -> PathBuf {
     Path::new(POD_CGROUP).join(id)
@@ -136,42 +185,19 @@ impl Containers {
         spec.save(bundle.join("config.json"))
             .map_err(|e| ContainerError::Invalid(format!("cannot write config.json: {e}")))?;
 
-        let runtime_error = |action| {
-            move |source| ContainerError::Runtime {
-                action,
-                id: id.to_owned(),
-                source: Box::new(source),
-            }
-        };
-        let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
-            .with_root_path(STATE_ROOT)
-            .map_err(runtime_error("prepare"))?;
-        let mut console = None;
-        let mut pipes = None;
-        if terminal {
-            let socket = bundle.join("console.sock");
-            let _ = std::fs::remove_file(&socket);
-            let listener = UnixListener::bind(&socket).map_err(|source| ContainerError::Io {
-                action: "listen on the console socket",
-                id: id.to_owned(),
-                source,
-            })?;
-            builder = builder.with_console_socket(Some(&socket));
-            console = Some(listener);
-        } else {
-            let (stdio, child) = ProcessStdio::pipes(request.stdin)?;
-            builder = builder
-                .with_stdin(child.stdin)
-                .with_stdout(child.stdout)
-                .with_stderr(child.stderr);
-            pipes = Some(stdio);
-        }
+        let (builder, console, pipes) = stdio_builder(
+            id,
+            "prepare",
+            terminal,
+            request.stdin,
+            &bundle.join("console.sock"),
+        )?;
         let container = builder
             .as_init(bundle)
             .with_systemd(false)
             .with_detach(true)
             .build()
-            .map_err(runtime_error("create"))?;
+            .map_err(runtime_error(id, "create"))?;
         let pid = container
             .pid()
             .ok_or_else(|| ContainerError::Invalid("libcontainer reported no pid".into()))?

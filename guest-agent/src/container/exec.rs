@@ -1,15 +1,12 @@
 //! `ExecProcess`: an extra process in a running container.
 
-use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
 use hull_proto::limits::MAX_PROCESS_JSON_BYTES;
 use hull_proto::v1;
-use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::syscall::syscall::SyscallType;
 
-use super::create::receive_terminal;
-use super::{ContainerError, Containers, Process, STATE_ROOT};
+use super::create::{receive_terminal, runtime_error, stdio_builder};
+use super::{ContainerError, Containers, Process};
 use crate::stdio::ProcessStdio;
 
 impl Containers {
@@ -67,39 +64,16 @@ impl Containers {
         std::fs::write(&process_file, &request.process_json)
             .map_err(io("write the exec process"))?;
 
-        let runtime_error = |action| {
-            move |source| ContainerError::Runtime {
-                action,
-                id: id.to_owned(),
-                source: Box::new(source),
-            }
-        };
-        let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
-            .with_root_path(STATE_ROOT)
-            .map_err(runtime_error("prepare an exec in"))?;
         let socket = bundle.join(format!("exec-{exec_id}.sock"));
-        let mut console = None;
-        let mut pipes = None;
-        if terminal {
-            let _ = std::fs::remove_file(&socket);
-            console =
-                Some(UnixListener::bind(&socket).map_err(io("listen on the console socket"))?);
-            builder = builder.with_console_socket(Some(&socket));
-        } else {
-            let (stdio, child) = ProcessStdio::pipes(request.stdin)?;
-            builder = builder
-                .with_stdin(child.stdin)
-                .with_stdout(child.stdout)
-                .with_stderr(child.stderr);
-            pipes = Some(stdio);
-        }
+        let (builder, console, pipes) =
+            stdio_builder(id, "prepare an exec in", terminal, request.stdin, &socket)?;
         let built = builder
             .as_tenant()
             .with_detach(true)
             .with_process(Some(&process_file))
             .build();
         let _ = std::fs::remove_file(&process_file);
-        let pid = built.map_err(runtime_error("exec in"))?.as_raw();
+        let pid = built.map_err(runtime_error(id, "exec in"))?.as_raw();
         let exit = self.track_exit(id, exec_id, pid, None);
         let stdio = match (pipes, console) {
             (Some(stdio), _) => stdio,
