@@ -37,8 +37,9 @@ pub fn run_all(args: TestArgs) -> Result<()> {
     if !args.no_lint {
         run_lints()?;
     }
-    // Integration tests start the workspace's own binaries (hulld, hull-vmm).
-    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    // Integration tests start hulld and hull-vmm; `cargo test` builds only
+    // the binaries of the package under test, so build these two first.
+    run(cargo().args(["build", "-p", "cri-server", "-p", "vm-runtime", "--bins"]))?;
     run(cargo().args(["test", "--workspace"]))?;
     // VM tests: `vm_*` targets of hull-integration, all in one test VM boot
     // (see xtask/src/testvm/suite.rs).
