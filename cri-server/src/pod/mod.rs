@@ -3,5 +3,6 @@
 
 pub mod cgroup;
 pub mod host_mounts;
+pub mod live;
 pub mod logs;
 pub mod vm;
