@@ -5,6 +5,7 @@
 //! span, logs its outcome and latency, and turns [`CriError`] into a status in
 //! one place (`error.rs`).
 
+mod container_lifecycle;
 mod container_list;
 mod container_status;
 mod events;

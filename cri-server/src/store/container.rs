@@ -73,6 +73,16 @@ impl ContainerState {
         }
     }
 
+    /// The state's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ContainerState::Created => "created",
+            ContainerState::Running => "running",
+            ContainerState::Exited => "exited",
+            ContainerState::Unknown => "in an unknown state",
+        }
+    }
+
     pub fn can_start(self) -> bool {
         self == ContainerState::Created
     }
