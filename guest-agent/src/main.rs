@@ -9,6 +9,7 @@
 
 mod cmdline;
 mod container;
+mod files;
 mod pid1;
 mod reaper;
 mod sandbox;

@@ -1,10 +1,8 @@
-//! Block devices, image mounts, container overlays and copied-in files.
+//! Block devices, image mounts and container overlays; the storage errors
+//! (copied-in files are in `files`).
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use hull_proto::limits::MAX_COPY_FILE_BYTES;
 use hull_proto::spec::guest_paths;
 use hull_proto::v1;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -43,6 +41,23 @@ pub enum StorageError {
         target: String,
         #[source]
         source: nix::Error,
+    },
+    #[error("max_bytes is {requested}, more than the limit of {max}")]
+    ReadTooLarge { requested: u32, max: usize },
+    #[error("{path} is a symlink; refused (no component of the path may be one)")]
+    Symlink { path: String },
+    #[error("{path} is not a directory")]
+    NotADirectory { path: String },
+    #[error("{path} is not a regular file")]
+    NotRegularFile { path: String },
+    #[error("{path} does not exist")]
+    NoSuchFile { path: String },
+    #[error("cannot {action} {path}")]
+    FileIo {
+        action: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot write {path}")]
     Io {
@@ -260,69 +275,6 @@ pub fn remove_overlay(container_id: &str, target: &Path) -> Result<(), StorageEr
     }
 }
 
-/// Writes a file, directory or symlink under [`guest_paths::FILES`]
-/// (`CopyFile`). Regular files are replaced atomically.
-pub fn copy_file(request: &v1::CopyFileRequest) -> Result<(), StorageError> {
-    let path = path_under("path", guest_paths::FILES, &request.path)?;
-    if request.data.len() > MAX_COPY_FILE_BYTES {
-        return Err(StorageError::TooLarge {
-            len: request.data.len(),
-            max: MAX_COPY_FILE_BYTES,
-        });
-    }
-    let parent = path.parent().expect("a path under FILES has a parent");
-    std::fs::create_dir_all(parent).map_err(io_error(parent))?;
-    let mode = request.mode & 0o7777;
-    let chown = |p: &Path| {
-        std::os::unix::fs::lchown(p, Some(request.uid), Some(request.gid)).map_err(io_error(p))
-    };
-    match v1::FileKind::try_from(request.kind).unwrap_or(v1::FileKind::Unspecified) {
-        v1::FileKind::Directory => {
-            std::fs::create_dir_all(&path).map_err(io_error(&path))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                .map_err(io_error(&path))?;
-            chown(&path)
-        }
-        v1::FileKind::Symlink => {
-            if request.symlink_target.is_empty() {
-                return Err(StorageError::Missing {
-                    field: "symlink_target",
-                });
-            }
-            // Replace atomically: build the link beside, then rename over.
-            let tmp = parent.join(format!(
-                ".{}.hull-tmp",
-                path.file_name().unwrap_or_default().to_string_lossy()
-            ));
-            let _ = std::fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(&request.symlink_target, &tmp).map_err(io_error(&tmp))?;
-            chown(&tmp)?;
-            std::fs::rename(&tmp, &path).map_err(io_error(&path))
-        }
-        v1::FileKind::Regular | v1::FileKind::Unspecified => {
-            let tmp = parent.join(format!(
-                ".{}.hull-tmp",
-                path.file_name().unwrap_or_default().to_string_lossy()
-            ));
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)
-                .map_err(io_error(&tmp))?;
-            file.write_all(&request.data).map_err(io_error(&tmp))?;
-            file.set_permissions(std::fs::Permissions::from_mode(mode))
-                .map_err(io_error(&tmp))?;
-            file.sync_all().map_err(io_error(&tmp))?;
-            drop(file);
-            chown(&tmp)?;
-            std::fs::rename(&tmp, &path).map_err(io_error(&path))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,21 +330,5 @@ mod tests {
             mount_image(&request),
             Err(StorageError::UnsupportedFsType(_))
         ));
-    }
-
-    #[test]
-    fn oversized_files_are_refused() {
-        let request = v1::CopyFileRequest {
-            path: "/run/hull/files/x/big".into(),
-            kind: v1::FileKind::Regular as i32,
-            data: vec![0; MAX_COPY_FILE_BYTES + 1],
-            ..Default::default()
-        };
-        // Refused before anything is created.
-        assert!(matches!(
-            copy_file(&request),
-            Err(StorageError::TooLarge { .. })
-        ));
-        assert!(!Path::new("/run/hull/files/x/big").exists());
     }
 }

@@ -4,7 +4,7 @@
 
 use hull_integration::hulld::Hulld;
 use hull_integration::registry::TestRegistry;
-use hull_integration::test_image::{self, ImageSpec, Layer, Pusher};
+use hull_integration::test_image::{self, Format, ImageSpec, Layer, Pusher, build_index};
 use k8s_cri::v1 as cri;
 use tonic::Code;
 
@@ -389,4 +389,92 @@ async fn bad_pulls_fail_with_a_code_and_message_that_say_why() {
         .expect_err("empty request");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("image"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_arch_index_docker_schema2_and_whiteouts_through_the_cri() {
+    let registry = TestRegistry::start().expect("registry");
+    let pusher = Pusher::new(&registry);
+    // An OCI index whose first entry is arm64: hulld must pick linux/amd64.
+    let arm = ImageSpec::new()
+        .platform("linux", "arm64")
+        .layer(Layer::new().file("arch", b"arm64\n", 0o644))
+        .build()
+        .expect("arm image");
+    let amd = ImageSpec::new()
+        .layer(Layer::new().file("arch", b"amd64\n", 0o644))
+        .build()
+        .expect("amd image");
+    let index_digest = pusher
+        .push_index(
+            "multi/arch:1",
+            &build_index(vec![arm, amd.clone()], Format::Oci),
+        )
+        .await
+        .expect("push index");
+    // A Docker schema 2 image whose second layer deletes a file of the first.
+    let docker = ImageSpec::new()
+        .format(Format::Docker)
+        .layer(
+            Layer::new()
+                .dir("etc", 0o755)
+                .file("etc/keep", b"kept\n", 0o644)
+                .file("etc/remove-me", b"gone\n", 0o644),
+        )
+        .layer(Layer::new().whiteout("etc/remove-me"))
+        .build()
+        .expect("docker image");
+    pusher
+        .push_image("docker/app:2", &docker)
+        .await
+        .expect("push docker image");
+
+    let hulld = Hulld::start().await;
+    let multi = format!("{}/multi/arch:1", registry.host());
+    let id = pull(&hulld, &multi, None).await.expect("pull index");
+    assert_eq!(id, amd.id(), "the linux/amd64 image of the index");
+    let image = status(&hulld, &multi).await.expect("status");
+    assert_eq!(
+        image.repo_digests,
+        vec![format!("{}/multi/arch@{index_digest}", registry.host())],
+        "the digest the tag resolved to, as containerd reports it"
+    );
+
+    let docker_ref = format!("{}/docker/app:2", registry.host());
+    let docker_id = pull(&hulld, &docker_ref, None).await.expect("pull docker");
+    assert_eq!(docker_id, docker.id());
+    // The block image holds the merged tree: the whiteout removed the file.
+    let verbose = hulld
+        .images()
+        .await
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&docker_ref),
+            verbose: true,
+        })
+        .await
+        .expect("verbose status")
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).expect("JSON");
+    let block_image = info["blockImage"].as_str().expect("block image path");
+    let out = tempfile::tempdir().expect("tempdir");
+    let extracted = std::process::Command::new("fsck.erofs")
+        .arg(format!("--extract={}", out.path().join("tree").display()))
+        .arg(block_image)
+        .output()
+        .expect("fsck.erofs (erofs-utils)");
+    assert!(
+        extracted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&extracted.stderr)
+    );
+    let tree = out.path().join("tree");
+    assert_eq!(
+        std::fs::read_to_string(tree.join("etc/keep")).unwrap(),
+        "kept\n"
+    );
+    assert!(!tree.join("etc/remove-me").exists());
+    assert!(
+        !tree.join("etc/.wh.remove-me").exists(),
+        "no whiteout marker in the merged tree"
+    );
 }

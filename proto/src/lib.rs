@@ -28,7 +28,10 @@ pub mod v1 {
 
 /// The minor version of protocol v1 this crate speaks, reported by the agent
 /// in `HealthResponse.protocol_version`. Bump on every additive change.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// - 1: the first version.
+/// - 2: `ReadFile` and `RemoveFile`.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The vsock port the agent listens on unless `hull.vsock_port=` says otherwise.
 pub const DEFAULT_AGENT_PORT: u32 = 1024;

@@ -16,6 +16,10 @@ pub const MAX_RESOURCES_JSON_BYTES: usize = 64 * 1024;
 /// Largest file content in one `CopyFileRequest`.
 pub const MAX_COPY_FILE_BYTES: usize = 1024 * 1024;
 
+/// Largest `max_bytes` of a `ReadFileRequest`, so a `ReadFileResponse` stays
+/// well under [`MAX_REPLY_BYTES`].
+pub const MAX_READ_FILE_BYTES: usize = 64 * 1024;
+
 /// Largest message the agent's server decodes (a spec plus headroom).
 pub const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 

@@ -5,7 +5,8 @@
 //! before acting on it, because a compromised guest may send anything.
 
 use crate::limits::{
-    MAX_CONTAINERS_PER_SANDBOX, MAX_ID_LEN, MAX_STDIO_CHUNK_BYTES, MAX_VERSION_LEN,
+    MAX_CONTAINERS_PER_SANDBOX, MAX_ID_LEN, MAX_READ_FILE_BYTES, MAX_STDIO_CHUNK_BYTES,
+    MAX_VERSION_LEN,
 };
 use crate::v1;
 
@@ -28,6 +29,11 @@ pub enum ValidationError {
     Missing { field: &'static str },
     #[error("{field} is an unknown enum value {value}")]
     UnknownEnum { field: &'static str, value: i32 },
+    #[error("{field} contradicts {other}")]
+    Inconsistent {
+        field: &'static str,
+        other: &'static str,
+    },
 }
 
 fn identifier(field: &'static str, id: &str) -> Result<(), ValidationError> {
@@ -227,6 +233,44 @@ pub fn sandbox_stats_reply(reply: &v1::SandboxStatsResponse) -> Result<(), Valid
     Ok(())
 }
 
+/// A `ReadFileResponse` to `request`: no more data than asked for (and never
+/// more than [`MAX_READ_FILE_BYTES`]), the data lies inside the file, and
+/// `truncated` says exactly whether the file goes on after it.
+pub fn read_file_reply(
+    request: &v1::ReadFileRequest,
+    reply: &v1::ReadFileResponse,
+) -> Result<(), ValidationError> {
+    let max = MAX_READ_FILE_BYTES.min(request.max_bytes as usize);
+    if reply.data.len() > max {
+        return Err(ValidationError::TooLong {
+            field: "read_file.data",
+            len: reply.data.len(),
+            max,
+        });
+    }
+    let end =
+        request
+            .offset
+            .checked_add(reply.data.len() as u64)
+            .ok_or(ValidationError::OutOfRange {
+                field: "read_file.offset",
+                value: i64::try_from(request.offset).unwrap_or(i64::MAX),
+            })?;
+    if !reply.data.is_empty() && end > reply.size {
+        return Err(ValidationError::Inconsistent {
+            field: "read_file.size",
+            other: "the length of the data returned",
+        });
+    }
+    if reply.truncated != (end < reply.size) {
+        return Err(ValidationError::Inconsistent {
+            field: "read_file.truncated",
+            other: "read_file.size",
+        });
+    }
+    Ok(())
+}
+
 /// One `Event` of an `Events` stream.
 pub fn event(event: &v1::Event) -> Result<(), ValidationError> {
     match &event.kind {
@@ -379,6 +423,83 @@ mod tests {
             })),
         };
         assert!(event(&exited).is_err());
+    }
+
+    #[test]
+    fn read_file_replies_stay_within_the_request_and_the_file() {
+        let request = v1::ReadFileRequest {
+            path: "/run/hull/files/c/0-log".into(),
+            offset: 0,
+            max_bytes: 4,
+        };
+        let reply = |data: &[u8], size, truncated| v1::ReadFileResponse {
+            data: data.to_vec(),
+            size,
+            truncated,
+        };
+        assert_eq!(read_file_reply(&request, &reply(b"abcd", 4, false)), Ok(()));
+        assert_eq!(read_file_reply(&request, &reply(b"abcd", 9, true)), Ok(()));
+        assert_eq!(read_file_reply(&request, &reply(b"", 0, false)), Ok(()));
+        // More data than asked for.
+        assert!(matches!(
+            read_file_reply(&request, &reply(b"abcde", 9, true)),
+            Err(ValidationError::TooLong { len: 5, max: 4, .. })
+        ));
+        // Data beyond the end of the file it claims to come from.
+        assert!(matches!(
+            read_file_reply(&request, &reply(b"abcd", 2, false)),
+            Err(ValidationError::Inconsistent {
+                field: "read_file.size",
+                ..
+            })
+        ));
+        // `truncated` must match the size, both ways.
+        for bad in [reply(b"abcd", 9, false), reply(b"abcd", 4, true)] {
+            assert!(matches!(
+                read_file_reply(&request, &bad),
+                Err(ValidationError::Inconsistent {
+                    field: "read_file.truncated",
+                    ..
+                })
+            ));
+        }
+        // Reading from an offset: the tail of a 10-byte file.
+        let tail = v1::ReadFileRequest {
+            offset: 6,
+            ..request.clone()
+        };
+        assert_eq!(read_file_reply(&tail, &reply(b"ghij", 10, false)), Ok(()));
+        assert!(read_file_reply(&tail, &reply(b"ghij", 9, false)).is_err());
+        // Past the end: no data, not truncated.
+        let past = v1::ReadFileRequest {
+            offset: 100,
+            ..request.clone()
+        };
+        assert_eq!(read_file_reply(&past, &reply(b"", 10, false)), Ok(()));
+        // An offset that overflows with the data is refused, not wrapped.
+        let overflow = v1::ReadFileRequest {
+            offset: u64::MAX,
+            ..request.clone()
+        };
+        assert!(matches!(
+            read_file_reply(&overflow, &reply(b"a", u64::MAX, false)),
+            Err(ValidationError::OutOfRange { .. })
+        ));
+        // The protocol limit holds even when the request asked for more.
+        let huge = v1::ReadFileRequest {
+            max_bytes: u32::MAX,
+            ..request
+        };
+        let size = MAX_READ_FILE_BYTES as u64 + 1;
+        let big = v1::ReadFileResponse {
+            data: vec![0; MAX_READ_FILE_BYTES + 1],
+            size,
+            truncated: false,
+        };
+        assert!(matches!(
+            read_file_reply(&huge, &big),
+            Err(ValidationError::TooLong { .. })
+        ));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::container::Containers;
+use crate::files::FileTree;
 use crate::pid1::{self, PowerAction};
 use crate::{sandbox, stdio, storage};
 
@@ -91,8 +92,23 @@ impl Agent for AgentService {
         &self,
         request: Request<v1::CopyFileRequest>,
     ) -> Result<Response<v1::CopyFileResponse>, Status> {
-        storage::copy_file(request.get_ref())?;
+        FileTree::guest().copy(request.get_ref())?;
         Ok(Response::new(v1::CopyFileResponse {}))
+    }
+
+    async fn read_file(
+        &self,
+        request: Request<v1::ReadFileRequest>,
+    ) -> Result<Response<v1::ReadFileResponse>, Status> {
+        Ok(Response::new(FileTree::guest().read(request.get_ref())?))
+    }
+
+    async fn remove_file(
+        &self,
+        request: Request<v1::RemoveFileRequest>,
+    ) -> Result<Response<v1::RemoveFileResponse>, Status> {
+        FileTree::guest().remove(&request.get_ref().path)?;
+        Ok(Response::new(v1::RemoveFileResponse {}))
     }
 
     async fn create_container(

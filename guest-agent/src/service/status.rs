@@ -24,11 +24,18 @@ fn storage_code(err: &StorageError) -> Code {
         StorageError::PathOutsideBase { .. }
         | StorageError::Missing { .. }
         | StorageError::UnsupportedFsType(_)
-        | StorageError::TooLarge { .. } => Code::InvalidArgument,
-        StorageError::NoSuchSerial(_) | StorageError::NoSuchDevice(_) => Code::NotFound,
-        StorageError::Mount { .. } | StorageError::Unmount { .. } | StorageError::Io { .. } => {
-            Code::Internal
-        }
+        | StorageError::TooLarge { .. }
+        | StorageError::ReadTooLarge { .. } => Code::InvalidArgument,
+        StorageError::NoSuchSerial(_)
+        | StorageError::NoSuchDevice(_)
+        | StorageError::NoSuchFile { .. } => Code::NotFound,
+        StorageError::Symlink { .. }
+        | StorageError::NotADirectory { .. }
+        | StorageError::NotRegularFile { .. } => Code::FailedPrecondition,
+        StorageError::Mount { .. }
+        | StorageError::Unmount { .. }
+        | StorageError::Io { .. }
+        | StorageError::FileIo { .. } => Code::Internal,
     }
 }
 
@@ -132,6 +139,17 @@ mod tests {
             status.message().starts_with("cannot write /x: "),
             "{}",
             status.message()
+        );
+        let status = Status::from(StorageError::Symlink {
+            path: "/run/hull/files/c1/x".into(),
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(
+            Status::from(StorageError::NoSuchFile {
+                path: "/run/hull/files/c1/x".into()
+            })
+            .code(),
+            Code::NotFound
         );
         assert_eq!(
             Status::from(SandboxError::NetworkNotImplemented).code(),
