@@ -361,7 +361,9 @@ impl CriService {
             };
             // Let the log catch up with the last output before the kubelet
             // reads the status.
-            if let Some(log) = pod.log_pump(&id) {
+            if let Some(log) = pod.with_container(&id, |c| c.log.take())
+                && let Ok(log) = Arc::try_unwrap(log)
+            {
                 let _ = tokio::time::timeout(Duration::from_secs(2), log.finished()).await;
             }
             let mounts = service
