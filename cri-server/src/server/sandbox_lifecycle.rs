@@ -9,7 +9,7 @@ use k8s_cri::v1 as cri;
 
 use super::{CriService, now_nanos};
 use crate::error::CriError;
-use crate::pod::cgroup::{CgroupLimits, PodCgroup};
+use crate::pod::cgroup::{CgroupLimits, CgroupRoot, CpuMax, pod_cgroup_path};
 use crate::pod::live::LivePod;
 use crate::pod::vm::{self, PodPaths, VmEnd};
 use crate::store::StoreError;
@@ -154,20 +154,27 @@ impl CriService {
         let memory_bytes = (shape.memory_mib + self.config.vm.vmm_overhead_mib) << 20;
         let limits = CgroupLimits {
             memory_max: Some(memory_bytes),
-            cpu_quota_period: Some((u64::from(shape.vcpus) * 100_000, 100_000)),
+            cpu_max: Some(CpuMax {
+                quota_us: u64::from(shape.vcpus) * 100_000,
+                period_us: 100_000,
+            }),
             ..Default::default()
         };
-        let cgroup = PodCgroup::create(
-            self.config.cgroup_driver,
-            &self.cgroup_parent(&linux.cgroup_parent),
-            id,
-            &limits,
-        )
-        .map_err(|source| CriError::Cgroup {
+        let cgroup_error = |source| CriError::Cgroup {
             pod: id.to_string(),
             source,
-        })?;
-        self.sandboxes.update(id, |r| r.status.cgroup = Some(cgroup.path().to_path_buf()))?;
+        };
+        let cgroup_path = pod_cgroup_path(
+            self.config.cgroup_driver,
+            &linux.cgroup_parent,
+            &self.config.vm.cgroup_parent,
+            id,
+        )
+        .map_err(cgroup_error)?;
+        let cgroup = CgroupRoot::detect()
+            .and_then(|root| root.create(&cgroup_path, &limits))
+            .map_err(cgroup_error)?;
+        self.sandboxes.update(id, |r| r.status.cgroup = Some(cgroup_path.clone().into()))?;
 
         let started = vm::launch(paths, &self.config.vm, shape, |command| {
             cgroup.place_child(command).map_err(std::io::Error::other)
@@ -222,20 +229,6 @@ impl CriService {
         Ok(())
     }
 
-    /// The cgroup parent: the kubelet's, else hulld's configured default.
-    fn cgroup_parent(&self, from_kubelet: &str) -> String {
-        if !from_kubelet.is_empty() {
-            return from_kubelet.to_string();
-        }
-        if !self.config.vm.cgroup_parent.is_empty() {
-            return self.config.vm.cgroup_parent.clone();
-        }
-        match self.config.cgroup_driver {
-            crate::config::CgroupDriver::Cgroupfs => "/hull".to_string(),
-            crate::config::CgroupDriver::Systemd => "hull.slice".to_string(),
-        }
-    }
-
     /// Watches a live pod's VMM; when it ends without hulld asking, the pod
     /// turns NOTREADY and its containers EXITED with the reason.
     pub fn watch_pod_vm(self: &Arc<Self>, pod: Arc<LivePod>) {
@@ -249,7 +242,7 @@ impl CriService {
                 .cgroup
                 .as_ref()
                 .and_then(|c| c.stats().ok())
-                .is_some_and(|s| s.oom_kill > 0);
+                .is_some_and(|s| s.memory_events.oom_killed());
             let end = vm::read_end(&pod.paths, &pod.process, oom_killed);
             service.pod_vm_ended(&pod.id, &end).await;
         });
@@ -364,7 +357,9 @@ impl CriService {
             vm::shut_down(&vm_record.paths, &vm_record.process, None, Duration::ZERO).await;
         }
         if let Some(path) = &record.status.cgroup {
-            match PodCgroup::open_existing(path) {
+            let opened = CgroupRoot::detect()
+                .and_then(|root| root.open_existing(&path.display().to_string()));
+            match opened {
                 Ok(cgroup) => {
                     if let Err(err) = cgroup.remove() {
                         tracing::warn!(pod = id, error = %err, "cannot remove the pod's cgroup");
