@@ -34,6 +34,51 @@ pub enum CriError {
     },
     #[error("image {reference:?} not found")]
     ImageNotFound { reference: String },
+    #[error("{kind} name {name:?} is already used by {id}")]
+    NameInUse {
+        kind: &'static str,
+        name: String,
+        id: String,
+    },
+    #[error("pod sandbox {pod}: {source}")]
+    PodVm {
+        pod: String,
+        #[source]
+        source: crate::pod::vm::VmError,
+    },
+    #[error("pod sandbox {pod}: host cgroup: {source}")]
+    Cgroup {
+        pod: String,
+        #[source]
+        source: crate::pod::cgroup::CgroupError,
+    },
+    #[error("pod sandbox {pod}: the guest agent failed to {action}: {message}")]
+    Agent {
+        pod: String,
+        action: &'static str,
+        code: Code,
+        message: String,
+    },
+    #[error("container {container}: {source}")]
+    HostMount {
+        container: String,
+        #[source]
+        source: crate::pod::host_mounts::HostMountError,
+    },
+    #[error("container {container}: log file: {source}")]
+    Log {
+        container: String,
+        #[source]
+        source: crate::pod::logs::LogError,
+    },
+    #[error("container {container}: cannot build its OCI spec: {source}")]
+    Spec {
+        container: String,
+        #[source]
+        source: hull_proto::spec::SpecError,
+    },
+    #[error("internal error while {what}")]
+    Internal { what: &'static str },
     #[error(transparent)]
     Image(#[from] image_service::ImageError),
     #[error(transparent)]
@@ -47,6 +92,19 @@ impl CriError {
             CriError::Unsupported { .. } | CriError::NotYetAvailable { .. } => Code::Unimplemented,
             CriError::KvmUnusable { .. } | CriError::WrongState { .. } => Code::FailedPrecondition,
             CriError::ImageNotFound { .. } => Code::NotFound,
+            CriError::NameInUse { .. } => Code::AlreadyExists,
+            CriError::PodVm { .. }
+            | CriError::Cgroup { .. }
+            | CriError::Log { .. }
+            | CriError::Internal { .. } => Code::Internal,
+            CriError::HostMount { .. } | CriError::Spec { .. } => Code::InvalidArgument,
+            // The agent's own verdict on a bad request stands; anything else
+            // from inside the guest is the pod's failure, not the caller's.
+            CriError::Agent { code, .. } => match code {
+                Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition => *code,
+                Code::DeadlineExceeded => Code::DeadlineExceeded,
+                _ => Code::Unknown,
+            },
             CriError::Image(err) => image_error_code(err),
             CriError::Store(err) => match err {
                 StoreError::NotFound { .. } => Code::NotFound,

@@ -2,6 +2,8 @@
 //! connection, container logs and host mounts copied into the guest.
 
 pub mod cgroup;
+pub mod container_spec;
 pub mod host_mounts;
+pub mod live;
 pub mod logs;
 pub mod vm;

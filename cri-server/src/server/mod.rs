@@ -5,6 +5,7 @@
 //! span, logs its outcome and latency, and turns [`CriError`] into a status in
 //! one place (`error.rs`).
 
+mod container_lifecycle;
 mod container_list;
 mod container_status;
 mod events;
@@ -15,6 +16,7 @@ mod image_remove;
 mod image_status;
 mod not_yet;
 mod runtime_config;
+mod sandbox_lifecycle;
 mod sandbox_list;
 mod sandbox_status;
 mod status;
@@ -32,6 +34,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::error::CriError;
 use crate::host::HostCheck;
+use crate::pod::live::PodTable;
 use crate::runtime_state::RuntimeState;
 use crate::store::RecordStore;
 use crate::store::container::ContainerRecord;
@@ -50,6 +53,8 @@ pub struct CriService {
     pub host: HostCheck,
     pub runtime_state: RuntimeState,
     pub events: broadcast::Sender<cri::ContainerEventResponse>,
+    /// Pods whose VM runs now.
+    pub pods: PodTable,
 }
 
 impl CriService {
@@ -70,6 +75,7 @@ impl CriService {
             host,
             runtime_state,
             events,
+            pods: PodTable::default(),
         }
     }
 }

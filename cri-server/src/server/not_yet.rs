@@ -26,100 +26,10 @@ fn required(value: &str, field: &'static str) -> Result<(), CriError> {
 }
 
 impl CriService {
-    pub async fn run_pod_sandbox(
-        &self,
-        request: cri::RunPodSandboxRequest,
-    ) -> Result<cri::RunPodSandboxResponse, CriError> {
-        let config = request
-            .config
-            .ok_or(CriError::MissingField { field: "config" })?;
-        let metadata = config.metadata.ok_or(CriError::MissingField {
-            field: "config.metadata",
-        })?;
-        required(&metadata.name, "config.metadata.name")?;
-        required(&metadata.namespace, "config.metadata.namespace")?;
-        required(&metadata.uid, "config.metadata.uid")?;
-        if let Some(reason) = self.host.kvm_problem() {
-            return Err(CriError::KvmUnusable {
-                reason: reason.to_string(),
-            });
-        }
-        Err(pending("RunPodSandbox"))
-    }
-
-    pub async fn stop_pod_sandbox(
-        &self,
-        request: cri::StopPodSandboxRequest,
-    ) -> Result<cri::StopPodSandboxResponse, CriError> {
-        required(&request.pod_sandbox_id, "pod_sandbox_id")?;
-        // Stopping a sandbox that does not exist succeeds, as the CRI asks.
-        match self.sandboxes.resolve(&request.pod_sandbox_id) {
-            Err(crate::store::StoreError::NotFound { .. }) => Ok(cri::StopPodSandboxResponse {}),
-            Err(err) => Err(err.into()),
-            Ok(_) => Err(pending("StopPodSandbox")),
-        }
-    }
-
-    pub async fn remove_pod_sandbox(
-        &self,
-        request: cri::RemovePodSandboxRequest,
-    ) -> Result<cri::RemovePodSandboxResponse, CriError> {
-        required(&request.pod_sandbox_id, "pod_sandbox_id")?;
-        match self.sandboxes.resolve(&request.pod_sandbox_id) {
-            Err(crate::store::StoreError::NotFound { .. }) => Ok(cri::RemovePodSandboxResponse {}),
-            Err(err) => Err(err.into()),
-            Ok(_) => Err(pending("RemovePodSandbox")),
-        }
-    }
-
-    pub async fn create_container(
-        &self,
-        request: cri::CreateContainerRequest,
-    ) -> Result<cri::CreateContainerResponse, CriError> {
-        required(&request.pod_sandbox_id, "pod_sandbox_id")?;
-        let config = request
-            .config
-            .ok_or(CriError::MissingField { field: "config" })?;
-        config.metadata.as_ref().ok_or(CriError::MissingField {
-            field: "config.metadata",
-        })?;
-        self.sandboxes.lookup(&request.pod_sandbox_id)?;
-        Err(pending("CreateContainer"))
-    }
-
-    /// Looks up a container named by a request, for the RPCs below.
     fn existing_container(&self, id: &str) -> Result<(), CriError> {
         required(id, "container_id")?;
         self.containers.lookup(id)?;
         Ok(())
-    }
-
-    pub async fn start_container(
-        &self,
-        request: cri::StartContainerRequest,
-    ) -> Result<cri::StartContainerResponse, CriError> {
-        self.existing_container(&request.container_id)?;
-        Err(pending("StartContainer"))
-    }
-
-    pub async fn stop_container(
-        &self,
-        request: cri::StopContainerRequest,
-    ) -> Result<cri::StopContainerResponse, CriError> {
-        self.existing_container(&request.container_id)?;
-        Err(pending("StopContainer"))
-    }
-
-    pub async fn remove_container(
-        &self,
-        request: cri::RemoveContainerRequest,
-    ) -> Result<cri::RemoveContainerResponse, CriError> {
-        required(&request.container_id, "container_id")?;
-        match self.containers.resolve(&request.container_id) {
-            Err(crate::store::StoreError::NotFound { .. }) => Ok(cri::RemoveContainerResponse {}),
-            Err(err) => Err(err.into()),
-            Ok(_) => Err(pending("RemoveContainer")),
-        }
     }
 
     pub async fn update_container_resources(

@@ -73,6 +73,16 @@ impl ContainerState {
         }
     }
 
+    /// The state's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ContainerState::Created => "created",
+            ContainerState::Running => "running",
+            ContainerState::Exited => "exited",
+            ContainerState::Unknown => "in an unknown state",
+        }
+    }
+
     pub fn can_start(self) -> bool {
         self == ContainerState::Created
     }
@@ -134,6 +144,7 @@ impl ContainerRecord {
             annotations: config.annotations.clone(),
             mounts: config.mounts.clone(),
             log_path: self.metadata.log_path.clone(),
+            image_id: self.metadata.image_id.clone(),
             ..Default::default()
         }
     }

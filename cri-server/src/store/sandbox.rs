@@ -34,12 +34,49 @@ pub struct SandboxStatus {
     pub ip: Option<String>,
     #[serde(default)]
     pub additional_ips: Vec<String>,
+    /// The pod's VM while it has one (set once the VMM is started).
+    #[serde(default)]
+    pub vm: Option<PodVmRecord>,
+    /// The pod's host cgroup directory, once created.
+    #[serde(default)]
+    pub cgroup: Option<std::path::PathBuf>,
+    /// Why the sandbox is not ready (CamelCase), when its VM ended under it.
+    #[serde(default)]
+    pub reason: String,
+    /// Detail of `reason`.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// What hulld needs to find and drive a pod's VM again after a restart.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PodVmRecord {
+    pub paths: crate::pod::vm::PodPaths,
+    pub process: crate::pod::vm::VmmProcess,
+    /// Milliseconds from the VMM's start to the agent's first answer.
+    pub boot_ms: u64,
+    /// Image drive slots in use: slot id → the image in it.
+    #[serde(default)]
+    pub slots: std::collections::BTreeMap<String, SlotUse>,
+}
+
+/// One image attached to a pod VM's drive slot and mounted in the guest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotUse {
+    pub image_id: String,
+    /// Where the guest mounted it (a lower dir of the containers' rootfs).
+    pub mount_point: String,
+    /// The containers whose rootfs uses it.
+    pub containers: std::collections::BTreeSet<String>,
 }
 
 /// Where a sandbox is in its lifecycle.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxState {
+    /// RunPodSandbox is under way (NOTREADY to the kubelet). Found at start
+    /// of hulld, it means a RunPodSandbox interrupted by a crash.
+    Starting,
     /// Its VM is running and its agent answers.
     Ready,
     /// Stopped, failed, or not yet fully started.
@@ -52,7 +89,9 @@ impl SandboxState {
     pub fn to_cri(self) -> cri::PodSandboxState {
         match self {
             SandboxState::Ready => cri::PodSandboxState::SandboxReady,
-            SandboxState::NotReady => cri::PodSandboxState::SandboxNotready,
+            SandboxState::Starting | SandboxState::NotReady => {
+                cri::PodSandboxState::SandboxNotready
+            }
         }
     }
 

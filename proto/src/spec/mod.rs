@@ -198,6 +198,11 @@ pub struct ContainerSpecInput {
     pub share_pod_namespaces: bool,
     /// Bind-mount the pod's resolv.conf, hosts and hostname.
     pub pod_dns_and_hosts: bool,
+    /// A privileged container (CRI `privileged`): every capability, no
+    /// masked or read-only paths, writable /sys and cgroupfs. The caller
+    /// also passes `SeccompProfile::Unconfined`. Inside a pod VM this gives
+    /// power over the pod's guest kernel, not over the node.
+    pub privileged: bool,
     pub annotations: HashMap<String, String>,
 }
 
@@ -313,9 +318,9 @@ fn default_mounts(input: &ContainerSpecInput) -> Vec<Value> {
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
                "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
-               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+               "options": ["nosuid", "noexec", "nodev", if input.privileged { "rw" } else { "ro" }]}),
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-               "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+               "options": ["nosuid", "noexec", "nodev", "relatime", if input.privileged { "rw" } else { "ro" }]}),
     ];
     if input.share_pod_namespaces {
         mounts.push(
@@ -406,8 +411,8 @@ pub fn build(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
     let mut linux = json!({
         "namespaces": namespaces,
         "resources": resources_json(&input.resources),
-        "maskedPaths": DEFAULT_MASKED_PATHS,
-        "readonlyPaths": DEFAULT_READONLY_PATHS,
+        "maskedPaths": if input.privileged { &[][..] } else { DEFAULT_MASKED_PATHS },
+        "readonlyPaths": if input.privileged { &[][..] } else { DEFAULT_READONLY_PATHS },
     });
     if let Some(seccomp) = seccomp {
         linux["seccomp"] = serde_json::to_value(seccomp).map_err(SpecError::Schema)?;
@@ -521,6 +526,41 @@ mod tests {
             resolv.source().as_ref().unwrap().to_str(),
             Some(guest_paths::RESOLV_CONF)
         );
+    }
+
+    #[test]
+    fn privileged_has_no_masked_or_readonly_paths_and_a_writable_sys() {
+        let mut input = input();
+        input.privileged = true;
+        input.capabilities_add = vec!["ALL".into()];
+        input.seccomp = SeccompProfile::Unconfined;
+        let spec = build(&input).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(linux.masked_paths().as_ref().is_none_or(|p| p.is_empty()));
+        assert!(linux.readonly_paths().as_ref().is_none_or(|p| p.is_empty()));
+        assert!(linux.seccomp().is_none());
+        let bounding = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .as_ref()
+            .unwrap();
+        assert!(
+            bounding
+                .bounding()
+                .as_ref()
+                .unwrap()
+                .contains(&Capability::SysAdmin)
+        );
+        let sys = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination().to_str() == Some("/sys"))
+            .unwrap();
+        assert!(sys.options().as_ref().unwrap().contains(&"rw".to_string()));
     }
 
     #[test]
