@@ -61,6 +61,7 @@ pub fn open_service(config: Arc<Config>) -> Result<CriService, DaemonError> {
 pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let service = Arc::new(open_service(config.clone())?);
+    service.adopt_pods().await;
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -76,7 +77,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let runtime = RuntimeServiceServer::new(RuntimeApi(service.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let images = ImageServiceServer::new(ImageApi(service))
+    let images = ImageServiceServer::new(ImageApi(service.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let result = tonic::transport::Server::builder()
@@ -86,6 +87,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .await;
     // The socket goes with the server, so the next start finds no stale file.
     let _ = std::fs::remove_file(&config.socket_path);
+    service.release_pods().await;
     result?;
     tracing::info!("hulld stopped");
     Ok(())

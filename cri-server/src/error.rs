@@ -77,6 +77,8 @@ pub enum CriError {
         #[source]
         source: hull_proto::spec::SpecError,
     },
+    #[error("{what} timed out after {seconds} s")]
+    Timeout { what: String, seconds: u64 },
     #[error("internal error while {what}")]
     Internal { what: &'static str },
     #[error(transparent)]
@@ -92,6 +94,8 @@ impl CriError {
             CriError::Unsupported { .. } | CriError::NotYetAvailable { .. } => Code::Unimplemented,
             CriError::KvmUnusable { .. } | CriError::WrongState { .. } => Code::FailedPrecondition,
             CriError::ImageNotFound { .. } => Code::NotFound,
+            // The kubelet reads DeadlineExceeded as a probe timeout.
+            CriError::Timeout { .. } => Code::DeadlineExceeded,
             CriError::NameInUse { .. } => Code::AlreadyExists,
             CriError::PodVm { .. }
             | CriError::Cgroup { .. }

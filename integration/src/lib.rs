@@ -5,6 +5,7 @@ pub mod cpio;
 pub mod disk;
 pub mod guest;
 pub mod hulld;
+pub mod pod_node;
 pub mod qemu;
 pub mod registry;
 pub mod test_image;

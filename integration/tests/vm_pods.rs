@@ -1,243 +1,19 @@
 //! Pods end to end through hulld's CRI socket: each pod sandbox boots its
 //! own microVM (hull-vmm + hull's guest kernel + the agent), containers run
 //! from images pulled from a real registry, logs land in the kubelet's
-//! format, and the end of one pod's VM leaves the other pods alone.
+//! format, exec, stats and resource updates reach the container in its VM.
 //!
-//! Needs a working KVM (`cargo xtask test` runs it in the test VM) with
-//! `HULL_GUEST_VMLINUX` and `HULL_AGENT_INITRAMFS` set, and `hull-vmm` built
-//! next to `hulld`.
+//! Needs a working KVM (`cargo xtask test` runs it in the test VM); see
+//! `hull_integration::pod_node`.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hull_integration::guest::{guest_kernel, require_kvm};
-use hull_integration::hulld::{Hulld, hulld_binary};
-use hull_integration::registry::TestRegistry;
-use hull_integration::test_image;
+use hull_integration::pod_node::{DEADLINE, Node, assert_consecutive, log_records, numbered_lines};
 use k8s_cri::v1 as cri;
-
-const DEADLINE: Duration = Duration::from_secs(120);
-
-struct Node {
-    hulld: Hulld,
-    _registry: TestRegistry,
-    image: String,
-    logs: tempfile::TempDir,
-}
-
-async fn node() -> Node {
-    require_kvm().expect("these tests need a working KVM");
-    let kernel = guest_kernel().expect("HULL_GUEST_VMLINUX");
-    let initramfs = std::env::var("HULL_AGENT_INITRAMFS").expect("HULL_AGENT_INITRAMFS");
-    let vmm = hulld_binary().with_file_name("hull-vmm");
-    assert!(vmm.exists(), "build hull-vmm: cargo build -p vm-runtime");
-    let run_dir = tempfile::Builder::new()
-        .prefix("hp")
-        .tempdir_in("/tmp")
-        .expect("run dir")
-        .keep();
-    let hulld = Hulld::start_with_config(&format!(
-        "[vm]\nkernel = {:?}\ninitramfs = {initramfs:?}\nvmm_binary = {vmm:?}\nrun_dir = {run_dir:?}\nmemory_mib = 192\nscratch_disk_mib = 1024\nstart_timeout_secs = 90\n",
-        kernel.vmlinux
-    ))
-    .await;
-    let registry = TestRegistry::start().expect("registry");
-    test_image::push_busybox(&registry.url(), None, "busybox:1")
-        .await
-        .expect("push busybox");
-    let image = format!("{}/busybox:1", registry.host());
-    hulld
-        .images()
-        .await
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull busybox");
-    Node {
-        hulld,
-        _registry: registry,
-        image,
-        logs: tempfile::tempdir().expect("log dir"),
-    }
-}
-
-impl Node {
-    fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
-        let log_directory = self.logs.path().join(name);
-        std::fs::create_dir_all(&log_directory).unwrap();
-        cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "default".into(),
-                attempt: 0,
-            }),
-            hostname: name.into(),
-            log_directory: log_directory.display().to_string(),
-            dns_config: Some(cri::DnsConfig {
-                servers: vec!["10.96.0.10".into()],
-                searches: vec!["default.svc.cluster.local".into()],
-                options: vec!["ndots:5".into()],
-            }),
-            ..Default::default()
-        }
-    }
-
-    async fn run_pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {
-        let config = self.pod_config(name);
-        let id = self
-            .hulld
-            .runtime()
-            .await
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap_or_else(|s| panic!("RunPodSandbox {name}: {s:?}\n{}", self.hulld.log()))
-            .into_inner()
-            .pod_sandbox_id;
-        (id, config)
-    }
-
-    async fn run_container(
-        &self,
-        pod: &str,
-        pod_config: &cri::PodSandboxConfig,
-        name: &str,
-        script: &str,
-    ) -> String {
-        let mut runtime = self.hulld.runtime().await;
-        let id = runtime
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.into(),
-                config: Some(cri::ContainerConfig {
-                    metadata: Some(cri::ContainerMetadata {
-                        name: name.into(),
-                        attempt: 0,
-                    }),
-                    image: Some(cri::ImageSpec {
-                        image: self.image.clone(),
-                        ..Default::default()
-                    }),
-                    command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-                    log_path: format!("{name}.log"),
-                    ..Default::default()
-                }),
-                sandbox_config: Some(pod_config.clone()),
-            })
-            .await
-            .unwrap_or_else(|s| panic!("CreateContainer {name}: {s:?}\n{}", self.hulld.log()))
-            .into_inner()
-            .container_id;
-        runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap_or_else(|s| panic!("StartContainer {name}: {s:?}"));
-        id
-    }
-
-    async fn container_status(&self, id: &str) -> cri::ContainerStatus {
-        self.hulld
-            .runtime()
-            .await
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .expect("ContainerStatus")
-            .into_inner()
-            .status
-            .expect("status")
-    }
-
-    async fn wait_exited(&self, id: &str) -> cri::ContainerStatus {
-        let start = Instant::now();
-        loop {
-            let status = self.container_status(id).await;
-            if status.state == cri::ContainerState::ContainerExited as i32 {
-                return status;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "container {id} still {:?}",
-                status.state
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn pod_state(&self, id: &str) -> i32 {
-        self.hulld
-            .runtime()
-            .await
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .expect("PodSandboxStatus")
-            .into_inner()
-            .status
-            .expect("status")
-            .state
-    }
-
-    fn log_of(&self, pod: &str, container: &str) -> String {
-        std::fs::read_to_string(self.logs.path().join(pod).join(format!("{container}.log")))
-            .unwrap_or_default()
-    }
-
-    /// The pid of a pod's VMM, from the pid file it writes.
-    fn vmm_pid(&self, config_run_dir: &Path, pod: &str) -> u32 {
-        let path = config_run_dir.join(&pod[..16]).join("vmm.pid");
-        std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-            .trim()
-            .parse()
-            .expect("pid")
-    }
-}
-
-fn run_dir_of(hulld: &Hulld) -> PathBuf {
-    let config = std::fs::read_to_string(hulld.config_path()).unwrap();
-    let line = config
-        .lines()
-        .find(|l| l.starts_with("run_dir"))
-        .expect("run_dir in the test config");
-    PathBuf::from(line.split('"').nth(1).unwrap())
-}
-
-/// Lines of a CRI log file: (stream, tag, content).
-fn records(log: &str) -> Vec<(String, String, String)> {
-    log.lines()
-        .map(|line| {
-            let mut parts = line.splitn(4, ' ');
-            let time = parts.next().unwrap();
-            assert!(
-                time.ends_with('Z') && time.contains('T'),
-                "RFC3339 time: {line}"
-            );
-            (
-                parts.next().unwrap().to_string(),
-                parts.next().unwrap().to_string(),
-                parts.next().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_runs_its_containers_in_its_own_kernel() {
-    let node = node().await;
+    let node = Node::start().await;
     let (pod, config) = node.run_pod("web").await;
     assert_eq!(
         node.pod_state(&pod).await,
@@ -262,8 +38,10 @@ async fn a_pod_runs_its_containers_in_its_own_kernel() {
         status.finished_at >= status.started_at && status.started_at > 0,
         "{status:?}"
     );
+    assert!(status.image_ref.contains("@sha256:"), "{status:?}");
+    assert!(status.log_path.ends_with("web/writer.log"), "{status:?}");
     let log = node.log_of("web", "writer");
-    let lines = records(&log);
+    let lines = log_records(&log);
     let stdout: Vec<&str> = lines
         .iter()
         .filter(|(s, _, _)| s == "stdout")
@@ -307,6 +85,25 @@ async fn a_pod_runs_its_containers_in_its_own_kernel() {
     assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"));
     assert!(node.log_of("web", "reader").contains("stdout F shared"));
 
+    // Over its memory limit, a container is OOM-killed in its own cgroup
+    // and reported so; the pod goes on.
+    let mut hog = node.container_config("hog", "dd if=/dev/zero of=/dev/null bs=64M count=1");
+    hog.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hog = node.start_container(&pod, &config, hog).await;
+    let status = node.wait_exited(&hog).await;
+    assert_eq!(status.reason, "OOMKilled", "{status:?}");
+    assert_eq!(status.exit_code, 137, "{status:?}");
+    assert_eq!(
+        node.pod_state(&pod).await,
+        cri::PodSandboxState::SandboxReady as i32
+    );
+
     let mut runtime = node.hulld.runtime().await;
     runtime
         .stop_pod_sandbox(cri::StopPodSandboxRequest {
@@ -317,6 +114,11 @@ async fn a_pod_runs_its_containers_in_its_own_kernel() {
     assert_eq!(
         node.pod_state(&pod).await,
         cri::PodSandboxState::SandboxNotready as i32
+    );
+    let pid = node.vmm_pid(&pod);
+    assert!(
+        hull_integration::pod_node::process_gone(pid),
+        "the pod's VMM {pid} still runs"
     );
     runtime
         .remove_pod_sandbox(cri::RemovePodSandboxRequest {
@@ -348,52 +150,174 @@ async fn a_pod_runs_its_containers_in_its_own_kernel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_one_pods_vmm_ends_that_pod_only() {
-    let node = node().await;
-    let run_dir = run_dir_of(&node.hulld);
-    let (victim, victim_config) = node.run_pod("victim").await;
-    let (survivor, survivor_config) = node.run_pod("survivor").await;
-    let doomed = node
-        .run_container(&victim, &victim_config, "sleeper", "sleep 3600")
-        .await;
-    let alive = node
-        .run_container(
-            &survivor,
-            &survivor_config,
-            "ticker",
-            "while true; do echo tick; sleep 0.2; done",
+async fn exec_stats_resources_and_log_rotation_of_a_running_container() {
+    let node = Node::start().await;
+    let (pod, config) = node.run_pod("ops").await;
+    let mut counter = node.container_config(
+        "counter",
+        "i=0; while true; do i=$((i+1)); echo line-$i; \
+         if [ $((i % 200)) = 0 ]; then sleep 0.05; fi; done",
+    );
+    counter.envs = vec![cri::KeyValue {
+        key: "GREETING".into(),
+        value: "hello from the container".into(),
+    }];
+    let counter = node.start_container(&pod, &config, counter).await;
+
+    // ExecSync: output, exit code, the container's own environment, and
+    // the guest's kernel.
+    let reply = node
+        .exec_sync(
+            &counter,
+            &["sh", "-c", "echo $GREETING; echo err >&2; exit 3"],
+            30,
         )
-        .await;
-
-    let pid = node.vmm_pid(&run_dir, &victim);
-    // SAFETY: kill(2) with a pid read from the VMM's own pid file; the test
-    // started that VMM (through hulld) and it is still running.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-
-    let status = node.wait_exited(&doomed).await;
-    assert_eq!(status.reason, "PodVMKilled", "{status:?}");
-    assert!(
-        status.message.contains(&pid.to_string()),
-        "{}",
-        status.message
-    );
+        .await
+        .expect("ExecSync");
+    assert_eq!(reply.exit_code, 3);
     assert_eq!(
-        node.pod_state(&victim).await,
-        cri::PodSandboxState::SandboxNotready as i32
+        String::from_utf8_lossy(&reply.stdout),
+        "hello from the container\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&reply.stderr), "err\n");
+    let version = node
+        .exec_sync(&counter, &["cat", "/proc/version"], 30)
+        .await
+        .expect("cat /proc/version");
+    let host_version = std::fs::read_to_string("/proc/version").unwrap();
+    assert_ne!(String::from_utf8_lossy(&version.stdout), host_version);
+    assert!(String::from_utf8_lossy(&version.stdout).contains("-hull"));
+    // A command past its timeout is killed and reported as a deadline.
+    let started = Instant::now();
+    let err = node
+        .exec_sync(&counter, &["sleep", "60"], 1)
+        .await
+        .expect_err("sleep 60 with a 1 s timeout");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let err = node.exec_sync(&counter, &["/no/such/binary"], 10).await;
+    assert!(
+        err.as_ref().map(|r| r.exit_code != 0).unwrap_or(true),
+        "a missing binary is not a success: {err:?}"
     );
 
-    // The other pod did not notice.
-    assert_eq!(
-        node.pod_state(&survivor).await,
-        cri::PodSandboxState::SandboxReady as i32
-    );
-    let before = node.log_of("survivor", "ticker").lines().count();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let status = node.container_status(&alive).await;
-    assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32);
-    let after = node.log_of("survivor", "ticker").lines().count();
+    // The kubelet's rotation: rename the file, ask for a reopen; every line
+    // is in one of the two files, in order, once.
+    let path = node.log_path("ops", "counter");
+    node.wait_for_log("ops", "counter", "line-3000\n").await;
+    let rotated = path.with_extension("log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    let mut runtime = node.hulld.runtime().await;
+    runtime
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: counter.clone(),
+        })
+        .await
+        .expect("ReopenContainerLog");
+    let start = Instant::now();
+    while numbered_lines(&node.log_of("ops", "counter"), "line-").len() < 1000 {
+        assert!(start.elapsed() < DEADLINE, "no output after the reopen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Stats: the container from its cgroup in the guest, the pod from the
+    // host cgroup of its VMM.
+    let stats = runtime
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: counter.clone(),
+        })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    assert_eq!(stats.attributes.as_ref().unwrap().id, counter);
+    assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    let listed = runtime
+        .list_container_stats(cri::ListContainerStatsRequest::default())
+        .await
+        .expect("ListContainerStats")
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let pod_stats = runtime
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("PodSandboxStats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    let linux = pod_stats.linux.expect("linux stats");
+    let host_memory = linux.memory.unwrap().working_set_bytes.unwrap().value;
     assert!(
-        after > before,
-        "the survivor keeps logging ({before} -> {after})"
+        host_memory > 16 << 20,
+        "the VM's host memory: {host_memory}"
     );
+    assert!(linux.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    assert_eq!(linux.containers.len(), 1);
+    let all_pods = runtime
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest::default())
+        .await
+        .expect("ListPodSandboxStats")
+        .into_inner()
+        .stats;
+    assert_eq!(all_pods.len(), 1);
+
+    // New limits apply in the guest and show in the status.
+    runtime
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: counter.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateContainerResources");
+    let memory = runtime
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: counter.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap()
+        .memory
+        .unwrap();
+    let available = memory.available_bytes.expect("a limit is set").value;
+    assert!(available <= 64 << 20, "available {available}");
+    let status = node.container_status(&counter).await;
+    assert_eq!(
+        status
+            .resources
+            .and_then(|r| r.linux)
+            .map(|l| l.memory_limit_in_bytes),
+        Some(64 << 20)
+    );
+
+    // Stop: sh as PID 1 ignores SIGTERM, so SIGKILL after the timeout.
+    runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: counter.clone(),
+            timeout: 1,
+        })
+        .await
+        .expect("StopContainer");
+    let status = node.wait_exited(&counter).await;
+    assert_eq!(status.exit_code, 137, "{status:?}");
+    let mut numbers = numbered_lines(&std::fs::read_to_string(&rotated).unwrap(), "line-");
+    numbers.extend(numbered_lines(&node.log_of("ops", "counter"), "line-"));
+    assert!(numbers.len() > 4000, "{} lines", numbers.len());
+    assert_consecutive(&numbers, "the rotated and the new log");
+    // Exec in a stopped container is refused with the reason.
+    let err = node
+        .exec_sync(&counter, &["true"], 5)
+        .await
+        .expect_err("exec in an exited container");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
 }

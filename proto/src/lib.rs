@@ -31,7 +31,8 @@ pub mod v1 {
 ///
 /// - 1: the first version.
 /// - 2: `ReadFile` and `RemoveFile`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// - 3: `ExecProcess.process_json` is merged over the container's own process.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The vsock port the agent listens on unless `hull.vsock_port=` says otherwise.
 pub const DEFAULT_AGENT_PORT: u32 = 1024;

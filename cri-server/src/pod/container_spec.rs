@@ -113,14 +113,7 @@ pub fn container_inputs(
         capabilities_add,
         capabilities_drop,
         seccomp,
-        resources: Resources {
-            cpu_shares: u64::try_from(resources.cpu_shares).unwrap_or(0),
-            cpu_quota: resources.cpu_quota,
-            cpu_period: u64::try_from(resources.cpu_period).unwrap_or(0),
-            memory_limit_bytes: resources.memory_limit_in_bytes,
-            pids_limit: 0,
-            cpuset_cpus: resources.cpuset_cpus.clone(),
-        },
+        resources: resources_from_cri(&resources),
         mounts,
         share_pod_namespaces: true,
         pod_dns_and_hosts: true,
@@ -128,6 +121,19 @@ pub fn container_inputs(
         privileged,
     };
     Ok(ContainerInputs { spec, user })
+}
+
+/// The limits of CRI `LinuxContainerResources` that hull applies in the
+/// guest (hugepages and unified entries are not).
+pub fn resources_from_cri(resources: &cri::LinuxContainerResources) -> Resources {
+    Resources {
+        cpu_shares: u64::try_from(resources.cpu_shares).unwrap_or(0),
+        cpu_quota: resources.cpu_quota,
+        cpu_period: u64::try_from(resources.cpu_period).unwrap_or(0),
+        memory_limit_bytes: resources.memory_limit_in_bytes,
+        pids_limit: 0,
+        cpuset_cpus: resources.cpuset_cpus.clone(),
+    }
 }
 
 /// (uid, gid, user-to-resolve): the kubelet's runAsUser/runAsGroup win;

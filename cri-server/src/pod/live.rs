@@ -101,16 +101,19 @@ impl LivePod {
         drop(removed);
     }
 
-    /// Forgets every container.
+    /// Forgets every container (their tasks are aborted).
     pub fn drop_all_containers(&self) {
-        let all: Vec<LiveContainer> = self
-            .containers
+        drop(self.take_all_containers());
+    }
+
+    /// Takes every container's tasks out of the pod.
+    pub fn take_all_containers(&self) -> Vec<LiveContainer> {
+        self.containers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain()
             .map(|(_, c)| c)
-            .collect();
-        drop(all);
+            .collect()
     }
 }
 

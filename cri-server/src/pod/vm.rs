@@ -25,8 +25,9 @@ const GUEST_CID: u32 = 3;
 /// The scratch disk's drive id (also its virtio serial in the guest).
 pub const SCRATCH_DRIVE: &str = "scratch";
 /// The oldest agent protocol (v1 minor) hulld drives: host mounts need
-/// ReadFile and RemoveFile (minor 2).
-const MIN_AGENT_PROTOCOL: u32 = 2;
+/// ReadFile and RemoveFile (minor 2), ExecSync sends only the args of an
+/// exec and relies on the rest coming from the container (minor 3).
+const MIN_AGENT_PROTOCOL: u32 = 3;
 /// How long a pod's agent may take to answer one request on the stop path.
 const STOP_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 

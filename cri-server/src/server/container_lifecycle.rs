@@ -33,7 +33,7 @@ fn required(value: &str, field: &'static str) -> Result<(), CriError> {
 
 impl CriService {
     /// The live pod a container request names, or why there is none.
-    fn ready_pod(&self, sandbox_id: &str) -> Result<Arc<LivePod>, CriError> {
+    pub(super) fn ready_pod(&self, sandbox_id: &str) -> Result<Arc<LivePod>, CriError> {
         let id = self.sandboxes.resolve(sandbox_id)?;
         self.pods.get(&id).ok_or_else(|| CriError::WrongState {
             kind: "pod sandbox",
@@ -63,6 +63,9 @@ impl CriService {
         required(&image_name, "config.image.image")?;
         let pod = self.ready_pod(&request.pod_sandbox_id)?;
         let sandbox = self.sandboxes.lookup(&pod.id)?;
+        // Held from the name check to the record: two creates of one name
+        // cannot both pass.
+        let _guard = pod.lock.lock().await;
         let name = format!("{}_{}", metadata.name, metadata.attempt);
         if let Some(existing) = self.containers.list().into_iter().find(|c| {
             c.metadata.sandbox_id == pod.id
@@ -93,47 +96,21 @@ impl CriService {
             (dir, file) => std::path::Path::new(dir).join(file).display().to_string(),
         };
 
-        let _guard = pod.lock.lock().await;
         let mount_point = self.attach_image(&pod, &image, &id).await?;
-        let plan = {
-            let (id, mounts) = (id.clone(), config.mounts.clone());
-            tokio::task::spawn_blocking(move || host_mounts::plan(&id, &mounts))
-                .await
-                .map_err(|_| CriError::Internal {
-                    what: "planning host mounts",
-                })?
-        }
-        .map_err(|source| CriError::HostMount {
-            container: id.clone(),
-            source,
-        })?;
-        let inputs = container_inputs(&config, &image_name, &image.config, plan.bind_mounts())
-            .map_err(|err| CriError::InvalidField {
-                field: "config",
-                reason: err.to_string(),
-            })?;
-        let spec = hull_proto::spec::build(&inputs.spec).map_err(|source| CriError::Spec {
-            container: id.clone(),
-            source,
-        })?;
-        let mut client = pod.agent();
-        let copy = host_mounts::copy_in(&mut client, &plan)
-            .await
-            .map_err(|source| CriError::HostMount {
-                container: id.clone(),
-                source,
-            })?;
-        let spec_json = serde_json::to_vec(&spec).expect("an OCI spec serializes");
-        client
-            .create_container(agent::CreateContainerRequest {
-                container_id: id.clone(),
-                oci_spec_json: spec_json,
-                rootfs_lower_dirs: vec![mount_point],
-                user: inputs.user,
-                stdin: config.stdin,
-            })
-            .await
-            .map_err(|status| agent_error(&pod.id, "create the container", status))?;
+        let prepared = self
+            .create_in_guest(&pod, &id, &config, &image_name, &image, mount_point)
+            .await;
+        let copy = match prepared {
+            Ok(copy) => copy,
+            Err(err) => {
+                // Nothing of a failed create stays in the pod.
+                if let Err(err) = host_mounts::remove_guest_copies(&mut pod.agent(), &id).await {
+                    tracing::warn!(container = id, error = %err, "cannot remove the host-mount copies from the guest");
+                }
+                self.release_image(&pod, &id).await;
+                return Err(err);
+            }
+        };
 
         let image_ref = image
             .repo_digests
@@ -162,6 +139,51 @@ impl CriService {
             "container created"
         );
         Ok(cri::CreateContainerResponse { container_id: id })
+    }
+
+    /// Copies the container's host mounts into the guest and has the agent
+    /// create the container on `mount_point` (its image). Returns what was
+    /// copied, for the sync task.
+    async fn create_in_guest(
+        &self,
+        pod: &LivePod,
+        id: &str,
+        config: &cri::ContainerConfig,
+        image_name: &str,
+        image: &image_service::Image,
+        mount_point: String,
+    ) -> Result<host_mounts::GuestCopy, CriError> {
+        let plan = mount_plan(id, &config.mounts).await?;
+        let inputs = container_inputs(config, image_name, &image.config, plan.bind_mounts())
+            .map_err(|err| CriError::InvalidField {
+                field: "config",
+                reason: err.to_string(),
+            })?;
+        let spec = hull_proto::spec::build(&inputs.spec).map_err(|source| CriError::Spec {
+            container: id.to_string(),
+            source,
+        })?;
+        let oci_spec_json = serde_json::to_vec(&spec).map_err(|_| CriError::Internal {
+            what: "encoding the container's OCI spec",
+        })?;
+        let mut client = pod.agent();
+        let copy = host_mounts::copy_in(&mut client, &plan)
+            .await
+            .map_err(|source| CriError::HostMount {
+                container: id.to_string(),
+                source,
+            })?;
+        client
+            .create_container(agent::CreateContainerRequest {
+                container_id: id.to_string(),
+                oci_spec_json,
+                rootfs_lower_dirs: vec![mount_point],
+                user: inputs.user,
+                stdin: config.stdin,
+            })
+            .await
+            .map_err(|status| agent_error(&pod.id, "create the container", status))?;
+        Ok(copy)
     }
 
     /// Puts `image` in a drive slot of the pod's VM and mounts it in the
@@ -243,7 +265,7 @@ impl CriService {
 
     /// Drops a container's use of its image slot; the last user unmounts
     /// the image and empties the slot. The caller holds the pod's lock.
-    async fn release_image(&self, pod: &LivePod, container_id: &str) {
+    pub(super) async fn release_image(&self, pod: &LivePod, container_id: &str) {
         let Some(record) = self.sandboxes.get(&pod.id) else {
             return;
         };
@@ -315,29 +337,13 @@ impl CriService {
             });
         }
         let pod = self.ready_pod(&container.metadata.sandbox_id)?;
-        let mut client = pod.agent();
         // Output is read from the start: the pump attaches before the
         // process runs, so no line is lost.
-        if !container.metadata.log_path.is_empty() {
-            let output = client
-                .read_output(agent::ReadOutputRequest {
-                    container_id: id.clone(),
-                    exec_id: String::new(),
-                })
-                .await
-                .map_err(|status| agent_error(&pod.id, "attach to the container's output", status))?
-                .into_inner();
-            let pump = logs::spawn_log_pump(container.metadata.log_path.clone().into(), output)
-                .map_err(|source| CriError::Log {
-                    container: id.clone(),
-                    source,
-                })?;
-            pod.with_container(&id, |c| c.log = Some(Arc::new(pump)));
-        }
+        self.attach_log(&pod, &container).await?;
         // Taken before the start: a process that exits at once must not
         // look as if it finished before it started.
         let started_at = now_nanos();
-        client
+        pod.agent()
             .start_container(agent::StartContainerRequest {
                 container_id: id.clone(),
             })
@@ -351,6 +357,36 @@ impl CriService {
         self.publish_container_event(&id, cri::ContainerEventType::ContainerStartedEvent);
         tracing::info!(pod = pod.id, container = id, "container started");
         Ok(cri::StartContainerResponse {})
+    }
+
+    /// Starts writing the container's output to its log file, if it has
+    /// one. Output the process wrote while nobody read waits in the guest,
+    /// so a pump attached later (after a hulld restart) loses nothing.
+    pub(super) async fn attach_log(
+        &self,
+        pod: &LivePod,
+        container: &ContainerRecord,
+    ) -> Result<(), CriError> {
+        let id = &container.metadata.id;
+        if container.metadata.log_path.is_empty() {
+            return Ok(());
+        }
+        let output = pod
+            .agent()
+            .read_output(agent::ReadOutputRequest {
+                container_id: id.clone(),
+                exec_id: String::new(),
+            })
+            .await
+            .map_err(|status| agent_error(&pod.id, "attach to the container's output", status))?
+            .into_inner();
+        let pump = logs::spawn_log_pump(container.metadata.log_path.clone().into(), output)
+            .map_err(|source| CriError::Log {
+                container: id.clone(),
+                source,
+            })?;
+        pod.with_container(id, |c| c.log = Some(Arc::new(pump)));
+        Ok(())
     }
 
     /// Waits for the container's init to exit and records how.
@@ -400,11 +436,7 @@ impl CriService {
                 .get(&id)
                 .map(|c| c.metadata.config.mounts)
                 .unwrap_or_default();
-            if let Ok(Ok(plan)) = tokio::task::spawn_blocking({
-                let id = id.clone();
-                move || host_mounts::plan(&id, &mounts)
-            })
-            .await
+            if let Ok(plan) = mount_plan(&id, &mounts).await
                 && let Err(err) = host_mounts::write_back(&mut pod.agent(), &plan).await
             {
                 tracing::warn!(container = id, error = %err, "cannot copy the termination message back");
@@ -545,6 +577,24 @@ impl CriService {
         tracing::info!(container = id, "container removed");
         Ok(cri::RemoveContainerResponse {})
     }
+}
+
+/// What to copy for a container's host mounts (reads the host paths, so off
+/// the async threads).
+pub(super) async fn mount_plan(
+    id: &str,
+    mounts: &[cri::Mount],
+) -> Result<host_mounts::MountPlan, CriError> {
+    let (owned_id, mounts) = (id.to_string(), mounts.to_vec());
+    tokio::task::spawn_blocking(move || host_mounts::plan(&owned_id, &mounts))
+        .await
+        .map_err(|_| CriError::Internal {
+            what: "planning host mounts",
+        })?
+        .map_err(|source| CriError::HostMount {
+            container: id.to_string(),
+            source,
+        })
 }
 
 /// The signal StopContainer sends first: the image's StopSignal is not kept

@@ -5,10 +5,13 @@
 //! span, logs its outcome and latency, and turns [`CriError`] into a status in
 //! one place (`error.rs`).
 
+mod adopt;
 mod container_lifecycle;
 mod container_list;
 mod container_status;
+mod container_update;
 mod events;
+mod exec_sync;
 mod image_fs_info;
 mod image_list;
 mod image_pull;
@@ -19,6 +22,7 @@ mod runtime_config;
 mod sandbox_lifecycle;
 mod sandbox_list;
 mod sandbox_status;
+mod stats;
 mod status;
 mod version;
 

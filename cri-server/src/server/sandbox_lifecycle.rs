@@ -7,9 +7,10 @@ use std::time::Duration;
 use hull_proto::v1 as agent;
 use k8s_cri::v1 as cri;
 
+use super::adopt::cgroup_says_oom;
 use super::{CriService, now_nanos};
 use crate::error::CriError;
-use crate::pod::cgroup::{CgroupLimits, CgroupRoot, CpuMax, pod_cgroup_path};
+use crate::pod::cgroup::{CgroupLimits, CgroupRoot, CpuMax, PodCgroup, pod_cgroup_path};
 use crate::pod::live::LivePod;
 use crate::pod::vm::{self, PodPaths, VmEnd};
 use crate::store::StoreError;
@@ -48,6 +49,18 @@ pub fn agent_error(pod: &str, action: &'static str, status: tonic::Status) -> Cr
         action,
         code: status.code(),
         message: status.message().to_string(),
+    }
+}
+
+/// Kills what is left in a pod's host cgroup and removes it (waits for the
+/// kernel, so off the async threads).
+async fn remove_cgroup(pod_id: &str, cgroup: PodCgroup) {
+    match tokio::task::spawn_blocking(move || cgroup.remove()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(pod = pod_id, error = %err, "cannot remove the pod's cgroup")
+        }
+        Err(err) => tracing::warn!(pod = pod_id, error = %err, "removing the pod's cgroup failed"),
     }
 }
 
@@ -246,11 +259,7 @@ impl CriService {
             if pod.is_stopping() {
                 return;
             }
-            let oom_killed = pod
-                .cgroup
-                .as_ref()
-                .and_then(|c| c.stats().ok())
-                .is_some_and(|s| s.memory_events.oom_killed());
+            let oom_killed = cgroup_says_oom(pod.cgroup.as_ref());
             let end = vm::read_end(&pod.paths, &pod.process, oom_killed);
             service.pod_vm_ended(&pod.id, &end).await;
         });
@@ -263,10 +272,8 @@ impl CriService {
         tracing::warn!(pod = id, reason, message, "pod VM ended");
         if let Some(pod) = self.pods.remove(id) {
             pod.drop_all_containers();
-            if let Some(cgroup) = &pod.cgroup
-                && let Err(err) = cgroup.remove()
-            {
-                tracing::warn!(pod = id, error = %err, "cannot remove the pod's cgroup");
+            if let Some(cgroup) = pod.cgroup.clone() {
+                remove_cgroup(id, cgroup).await;
             }
         }
         let now = now_nanos();
@@ -349,10 +356,8 @@ impl CriService {
                 GUEST_SHUTDOWN_GRACE,
             )
             .await;
-            if let Some(cgroup) = &pod.cgroup
-                && let Err(err) = cgroup.remove()
-            {
-                tracing::warn!(pod = id, error = %err, "cannot remove the pod's cgroup");
+            if let Some(cgroup) = pod.cgroup.clone() {
+                remove_cgroup(id, cgroup).await;
             }
             self.pods.remove(id);
         }
@@ -360,8 +365,17 @@ impl CriService {
         self.tear_down_pod(id).await;
     }
 
+    /// Where a pod's files are: from its record, or where this config puts
+    /// them.
+    pub(super) fn pod_paths(&self, id: &str) -> PodPaths {
+        self.sandboxes
+            .get(id)
+            .and_then(|r| r.status.vm.map(|v| v.paths))
+            .unwrap_or_else(|| PodPaths::new(&self.config.pods_dir(), &self.config.vm.run_dir, id))
+    }
+
     /// Kills whatever is left of a pod's VM and cgroup, from its record.
-    async fn tear_down_pod(&self, id: &str) {
+    pub(super) async fn tear_down_pod(&self, id: &str) {
         let Some(record) = self.sandboxes.get(id) else {
             return;
         };
@@ -374,11 +388,7 @@ impl CriService {
             let opened = CgroupRoot::detect()
                 .and_then(|root| root.open_existing(&path.display().to_string()));
             match opened {
-                Ok(cgroup) => {
-                    if let Err(err) = cgroup.remove() {
-                        tracing::warn!(pod = id, error = %err, "cannot remove the pod's cgroup");
-                    }
-                }
+                Ok(cgroup) => remove_cgroup(id, cgroup).await,
                 Err(err) => tracing::debug!(pod = id, error = %err, "pod cgroup already gone"),
             }
         }
@@ -405,13 +415,7 @@ impl CriService {
                 );
             }
         }
-        let paths = self
-            .sandboxes
-            .get(&id)
-            .and_then(|r| r.status.vm.map(|v| v.paths))
-            .unwrap_or_else(|| {
-                PodPaths::new(&self.config.pods_dir(), &self.config.vm.run_dir, &id)
-            });
+        let paths = self.pod_paths(&id);
         if let Err(err) = vm::remove_files(&paths) {
             tracing::warn!(pod = id, error = %err, "cannot remove the pod's files");
         }

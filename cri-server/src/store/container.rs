@@ -145,6 +145,14 @@ impl ContainerRecord {
             mounts: config.mounts.clone(),
             log_path: self.metadata.log_path.clone(),
             image_id: self.metadata.image_id.clone(),
+            resources: config
+                .linux
+                .as_ref()
+                .and_then(|linux| linux.resources.clone())
+                .map(|linux| cri::ContainerResources {
+                    linux: Some(linux),
+                    ..Default::default()
+                }),
             ..Default::default()
         }
     }

@@ -27,12 +27,6 @@ impl Containers {
                 request.process_json.len()
             )));
         }
-        let process: oci_spec::runtime::Process = serde_json::from_slice(&request.process_json)
-            .map_err(|e| {
-                ContainerError::Invalid(format!("process_json is not an OCI process: {e}"))
-            })?;
-        let terminal = process.terminal().unwrap_or(false);
-
         let bundle = {
             let entries = self.lock();
             let entry = entries
@@ -60,9 +54,15 @@ impl Containers {
                 source,
             }
         };
+        let container_spec =
+            std::fs::read(bundle.join("config.json")).map_err(io("read the container's spec"))?;
+        let merged = exec_process(&container_spec, &request.process_json)?;
+        let process: oci_spec::runtime::Process = serde_json::from_slice(&merged).map_err(|e| {
+            ContainerError::Invalid(format!("process_json is not an OCI process: {e}"))
+        })?;
+        let terminal = process.terminal().unwrap_or(false);
         let process_file = bundle.join(format!("exec-{exec_id}.json"));
-        std::fs::write(&process_file, &request.process_json)
-            .map_err(io("write the exec process"))?;
+        std::fs::write(&process_file, &merged).map_err(io("write the exec process"))?;
 
         let socket = bundle.join(format!("exec-{exec_id}.sock"));
         let (builder, console, pipes) =
@@ -93,5 +93,54 @@ impl Containers {
             .execs
             .insert(exec_id.to_owned(), Arc::new(Process { pid, stdio, exit }));
         Ok(u32::try_from(pid).unwrap_or(0))
+    }
+}
+
+/// The process an exec runs: the container's own `process` (user, env, cwd,
+/// capabilities, no_new_privs, rlimits, ...) with each top-level key of
+/// `requested` (a JSON object) replacing the container's, so an exec runs
+/// as the container does unless the host asks otherwise.
+fn exec_process(container_spec: &[u8], requested: &[u8]) -> Result<Vec<u8>, ContainerError> {
+    let requested: serde_json::Value = serde_json::from_slice(requested)
+        .map_err(|e| ContainerError::Invalid(format!("process_json is not JSON: {e}")))?;
+    let serde_json::Value::Object(requested) = requested else {
+        return Err(ContainerError::Invalid(
+            "process_json is not a JSON object".into(),
+        ));
+    };
+    let spec: serde_json::Value = serde_json::from_slice(container_spec)
+        .map_err(|e| ContainerError::Invalid(format!("the container's config.json: {e}")))?;
+    let mut process = match spec.get("process") {
+        Some(serde_json::Value::Object(own)) => own.clone(),
+        _ => serde_json::Map::new(),
+    };
+    process.extend(requested);
+    serde_json::to_vec(&process)
+        .map_err(|e| ContainerError::Invalid(format!("cannot encode the exec process: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exec_process;
+
+    #[test]
+    fn exec_inherits_the_containers_process_and_overrides_what_is_given() {
+        let spec = br#"{"ociVersion":"1.0.2","process":{"args":["sleep","9"],"env":["PATH=/bin","A=1"],"cwd":"/srv","user":{"uid":1000,"gid":1000,"additionalGids":[5]},"noNewPrivileges":true,"terminal":true}}"#;
+        let merged = exec_process(spec, br#"{"args":["id"],"terminal":false}"#).unwrap();
+        let merged: serde_json::Value = serde_json::from_slice(&merged).unwrap();
+        assert_eq!(merged["args"], serde_json::json!(["id"]));
+        assert_eq!(merged["terminal"], false);
+        assert_eq!(merged["cwd"], "/srv");
+        assert_eq!(merged["user"]["uid"], 1000);
+        assert_eq!(merged["user"]["additionalGids"], serde_json::json!([5]));
+        assert_eq!(merged["noNewPrivileges"], true);
+        assert_eq!(merged["env"], serde_json::json!(["PATH=/bin", "A=1"]));
+    }
+
+    #[test]
+    fn exec_process_must_be_an_object() {
+        let spec = br#"{"process":{"args":["sh"]}}"#;
+        assert!(exec_process(spec, b"[1]").is_err());
+        assert!(exec_process(spec, b"not json").is_err());
     }
 }

@@ -239,6 +239,14 @@ impl Containers {
             })
     }
 
+    /// Drops an exec process whose exit was reported (its output stream, if
+    /// still read, keeps what it holds).
+    pub fn forget_exec(&self, container_id: &str, exec_id: &str) {
+        if let Some(entry) = self.lock().get_mut(container_id) {
+            entry.execs.remove(exec_id);
+        }
+    }
+
     /// The container's state.
     pub fn status(
         &self,

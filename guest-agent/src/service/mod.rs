@@ -148,6 +148,11 @@ impl Agent for AgentService {
         ids(&r.container_id, &r.exec_id)?;
         let process = self.containers.process(&r.container_id, &r.exec_id)?;
         let status = process.wait().await;
+        if !r.exec_id.is_empty() {
+            // An exec is waited for once; forgetting it keeps a container
+            // probed every few seconds from growing the agent's tables.
+            self.containers.forget_exec(&r.container_id, &r.exec_id);
+        }
         Ok(Response::new(v1::WaitProcessResponse {
             status: Some(status),
         }))

@@ -1,0 +1,356 @@
+//! A node for the pod tests (`vm_pods*`): hulld configured to boot pod VMs
+//! with hull's guest kernel and agent, a real registry holding busybox
+//! (pulled through the CRI), and helpers that drive pods and containers
+//! only through hulld's CRI socket.
+//!
+//! Needs a working KVM with `HULL_GUEST_VMLINUX` and `HULL_AGENT_INITRAMFS`
+//! set, and `hull-vmm` built next to `hulld`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+
+use crate::guest::{guest_kernel, require_kvm};
+use crate::hulld::{Hulld, hulld_binary};
+use crate::registry::TestRegistry;
+use crate::test_image;
+
+/// How long a pod test waits for any one thing.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+pub struct Node {
+    pub hulld: Hulld,
+    _registry: TestRegistry,
+    pub image: String,
+    logs: tempfile::TempDir,
+    run_dir: PathBuf,
+}
+
+impl Node {
+    pub async fn start() -> Node {
+        require_kvm().expect("these tests need a working KVM");
+        let kernel = guest_kernel().expect("HULL_GUEST_VMLINUX");
+        let initramfs = std::env::var("HULL_AGENT_INITRAMFS").expect("HULL_AGENT_INITRAMFS");
+        let vmm = hulld_binary().with_file_name("hull-vmm");
+        assert!(vmm.exists(), "build hull-vmm: cargo build -p vm-runtime");
+        // Short: unix socket paths of the pods live under it.
+        let run_dir = tempfile::Builder::new()
+            .prefix("hp")
+            .tempdir_in("/tmp")
+            .expect("run dir")
+            .keep();
+        let hulld = Hulld::start_with_config(&format!(
+            "[vm]\nkernel = {:?}\ninitramfs = {initramfs:?}\nvmm_binary = {vmm:?}\nrun_dir = {run_dir:?}\nmemory_mib = 192\nscratch_disk_mib = 1024\nstart_timeout_secs = 90\n",
+            kernel.vmlinux
+        ))
+        .await;
+        let registry = TestRegistry::start().expect("registry");
+        test_image::push_busybox(&registry.url(), None, "busybox:1")
+            .await
+            .expect("push busybox");
+        let image = format!("{}/busybox:1", registry.host());
+        hulld
+            .images()
+            .await
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("pull busybox");
+        Node {
+            hulld,
+            _registry: registry,
+            image,
+            logs: tempfile::tempdir().expect("log dir"),
+            run_dir,
+        }
+    }
+
+    pub fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        let log_directory = self.logs.path().join(name);
+        std::fs::create_dir_all(&log_directory).unwrap();
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: log_directory.display().to_string(),
+            dns_config: Some(cri::DnsConfig {
+                servers: vec!["10.96.0.10".into()],
+                searches: vec!["default.svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub async fn run_pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {
+        let config = self.pod_config(name);
+        let id = self
+            .hulld
+            .runtime()
+            .await
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("RunPodSandbox {name}: {s:?}\n{}", self.hulld.log()))
+            .into_inner()
+            .pod_sandbox_id;
+        (id, config)
+    }
+
+    /// A container config running `script` with `sh -c`, logging to
+    /// `<name>.log` in the pod's log directory.
+    pub fn container_config(&self, name: &str, script: &str) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            log_path: format!("{name}.log"),
+            ..Default::default()
+        }
+    }
+
+    /// Creates and starts a container from `config`; returns its id.
+    pub async fn start_container(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> String {
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let mut runtime = self.hulld.runtime().await;
+        let id = runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(config),
+                sandbox_config: Some(pod_config.clone()),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("CreateContainer {name}: {s:?}\n{}", self.hulld.log()))
+            .into_inner()
+            .container_id;
+        runtime
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("StartContainer {name}: {s:?}\n{}", self.hulld.log()));
+        id
+    }
+
+    /// Creates and starts a `sh -c script` container.
+    pub async fn run_container(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        name: &str,
+        script: &str,
+    ) -> String {
+        self.start_container(pod, pod_config, self.container_config(name, script))
+            .await
+    }
+
+    pub async fn container_status(&self, id: &str) -> cri::ContainerStatus {
+        self.hulld
+            .runtime()
+            .await
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .expect("status")
+    }
+
+    pub async fn wait_exited(&self, id: &str) -> cri::ContainerStatus {
+        let start = Instant::now();
+        loop {
+            let status = self.container_status(id).await;
+            if status.state == cri::ContainerState::ContainerExited as i32 {
+                return status;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "container {id} still {:?}\n{}",
+                status.state,
+                self.hulld.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn pod_state(&self, id: &str) -> i32 {
+        self.hulld
+            .runtime()
+            .await
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner()
+            .status
+            .expect("status")
+            .state
+    }
+
+    pub async fn exec_sync(
+        &self,
+        container: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        self.hulld
+            .runtime()
+            .await
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: container.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub fn log_path(&self, pod: &str, container: &str) -> PathBuf {
+        self.logs.path().join(pod).join(format!("{container}.log"))
+    }
+
+    pub fn log_of(&self, pod: &str, container: &str) -> String {
+        std::fs::read_to_string(self.log_path(pod, container)).unwrap_or_default()
+    }
+
+    /// Waits until `container`'s log (of pod `pod`) holds `needle`.
+    pub async fn wait_for_log(&self, pod: &str, container: &str, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log_of(pod, container);
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{needle:?} not in the log of {container}:\n{log}\n{}",
+                self.hulld.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The folder hulld keeps the pods' sockets and pid files in.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// The pid of a pod's VMM, from the pid file it writes.
+    pub fn vmm_pid(&self, pod: &str) -> u32 {
+        let path = self.run_dir.join(&pod[..16]).join("vmm.pid");
+        read_pid(&path).unwrap_or_else(|| panic!("no pid in {}", path.display()))
+    }
+
+    /// Pids of every VMM that wrote a pid file under the run dir.
+    pub fn vmm_pids(&self) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir(&self.run_dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| read_pid(&e.path().join("vmm.pid")))
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    /// A test that failed half-way leaves no pod VM running into the next
+    /// test: every VMM hulld started for this node is killed by its pid.
+    fn drop(&mut self) {
+        for pid in self.vmm_pids() {
+            if !process_gone(pid) {
+                // SAFETY: kill(2) on a pid read from the pid file of a VMM
+                // this node's hulld started, checked alive just before.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Whether `pid` is gone (or a zombie nobody reaped yet).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// Records of a CRI log file: (stream, tag, content).
+pub fn log_records(log: &str) -> Vec<(String, String, String)> {
+    log.lines()
+        .map(|line| {
+            let mut parts = line.splitn(4, ' ');
+            let time = parts.next().unwrap();
+            assert!(
+                time.ends_with('Z') && time.contains('T'),
+                "RFC3339 time: {line}"
+            );
+            (
+                parts.next().unwrap().to_string(),
+                parts.next().unwrap().to_string(),
+                parts.next().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The numbers N of `<prefix>N` stdout lines of a CRI log, in order.
+pub fn numbered_lines(log: &str, prefix: &str) -> Vec<u64> {
+    log_records(log)
+        .into_iter()
+        .filter(|(stream, tag, _)| stream == "stdout" && tag == "F")
+        .filter_map(|(_, _, content)| content.strip_prefix(prefix).and_then(|n| n.parse().ok()))
+        .collect()
+}
+
+/// Panics unless `numbers` is exactly 1, 2, 3, ... (nothing lost, nothing
+/// written twice).
+pub fn assert_consecutive(numbers: &[u64], what: &str) {
+    for (index, n) in numbers.iter().enumerate() {
+        assert_eq!(
+            *n,
+            index as u64 + 1,
+            "{what}: line {} is {n} (lost or repeated output)",
+            index + 1
+        );
+    }
+}
