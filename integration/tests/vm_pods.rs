@@ -85,6 +85,72 @@ async fn a_pod_runs_its_containers_in_its_own_kernel() {
     assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"));
     assert!(node.log_of("web", "reader").contains("stdout F shared"));
 
+    // Host mounts as the kubelet passes them: a read-only directory
+    // (configmap) kept in sync while the container runs, and the
+    // termination-message file written back when it exits.
+    let host = tempfile::tempdir().unwrap();
+    let configmap = host.path().join("configmap");
+    std::fs::create_dir(&configmap).unwrap();
+    std::fs::write(configmap.join("key"), "v1").unwrap();
+    let termination = host.path().join("termination-log");
+    std::fs::write(&termination, "").unwrap();
+    let mut mounter = node.container_config(
+        "mounter",
+        "cat /etc/cfg/key; echo; until [ \"$(cat /etc/cfg/key)\" = v2 ]; do sleep 0.2; done; \
+         echo saw-v2; echo bye from the container > /dev/termination-log",
+    );
+    mounter.mounts = vec![
+        cri::Mount {
+            container_path: "/etc/cfg".into(),
+            host_path: configmap.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+        cri::Mount {
+            container_path: "/dev/termination-log".into(),
+            host_path: termination.display().to_string(),
+            ..Default::default()
+        },
+    ];
+    let mounter = node.start_container(&pod, &config, mounter).await;
+    node.wait_for_log("web", "mounter", "stdout F v1").await;
+    std::fs::write(configmap.join("key"), "v2").unwrap();
+    let status = node.wait_exited(&mounter).await;
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    assert!(node.log_of("web", "mounter").contains("stdout F saw-v2"));
+    assert_eq!(
+        std::fs::read_to_string(&termination).unwrap(),
+        "bye from the container\n"
+    );
+    // A host directory too large to copy is refused, naming it.
+    let big = host.path().join("big");
+    std::fs::create_dir(&big).unwrap();
+    std::fs::write(big.join("blob"), vec![7u8; 9 << 20]).unwrap();
+    let mut too_big = node.container_config("too-big", "true");
+    too_big.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: big.display().to_string(),
+        readonly: true,
+        ..Default::default()
+    }];
+    let err = node
+        .hulld
+        .runtime()
+        .await
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(too_big),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect_err("a 9 MiB host directory");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains(&big.display().to_string()),
+        "{}",
+        err.message()
+    );
+
     // Over its memory limit, a container is OOM-killed in its own cgroup
     // and reported so; the pod goes on.
     let mut hog = node.container_config("hog", "dd if=/dev/zero of=/dev/null bs=64M count=1");

@@ -8,14 +8,16 @@
 //!    executables of `vm_*` targets.
 //! 3. Run them one after another inside one test VM boot, each printing its
 //!    usual libtest output (`test result:` lines), from the crate's folder as
-//!    cargo would; fail if any fails.
+//!    cargo would, then hulld's `#[ignore]`d cgroup unit tests (they need a
+//!    writable cgroup v2 hierarchy, which the host may not have); fail if any
+//!    fails.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 
-use super::{RunOptions, run};
+use super::{RunOptions, run, shell_quote};
 use crate::kernel;
 use crate::util::{cargo, workspace_root};
 
@@ -60,7 +62,17 @@ pub fn run_vm_tests() -> Result<()> {
         "vm-tests".to_string(),
         crate_dir.display().to_string(),
     ];
-    command.extend(binaries.iter().map(|b| b.display().to_string()));
+    command.extend(
+        binaries
+            .iter()
+            .map(|b| shell_quote(&b.display().to_string())),
+    );
+    // hulld's cgroup tests need a real cgroup v2 hierarchy they may write:
+    // the test VM's, not the host's.
+    command.push(format!(
+        "{} {HOST_CGROUP_TESTS} --ignored",
+        shell_quote(&build_cri_server_unit_tests()?.display().to_string())
+    ));
     let code = run(&command, &RunOptions::default())?;
     if code != 0 {
         bail!("VM tests failed (exit status {code})");
@@ -68,20 +80,51 @@ pub fn run_vm_tests() -> Result<()> {
     Ok(())
 }
 
-/// `sh -c RUNNER vm-tests CRATE_DIR BINARY...`: runs each binary, reports
-/// the failures at the end, exits 1 if any failed.
+/// The `#[ignore]`d unit tests of hulld that run in the test VM.
+const HOST_CGROUP_TESTS: &str = "pod::cgroup";
+
+/// `sh -c RUNNER vm-tests CRATE_DIR TEST...`: runs each TEST (a quoted
+/// command line: a test binary and its arguments), reports the failures at
+/// the end, exits 1 if any failed.
 const RUNNER: &str = r#"cd "$1" || exit 125
 shift
 failed=""
-for binary in "$@"; do
+for test in "$@"; do
+    binary=$(eval "set -- $test"; echo "$1")
     echo "     Running ${binary##*/}"
-    "$binary" || failed="$failed ${binary##*/}"
+    eval "$test" || failed="$failed ${binary##*/}"
 done
 if [ -n "$failed" ]; then
     echo "VM test binaries that failed:$failed" >&2
     exit 1
 fi
 "#;
+
+/// Builds hulld's unit tests (`cri-server` lib) and returns the binary.
+fn build_cri_server_unit_tests() -> Result<PathBuf> {
+    let out = cargo()
+        .args([
+            "test",
+            "-p",
+            "cri-server",
+            "--lib",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo")?;
+    if !out.status.success() {
+        bail!("building hulld's unit tests failed ({})", out.status);
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .filter(|message| message["profile"]["test"] == true)
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .context("cargo built no unit test binary for cri-server")
+}
 
 fn build_test_binaries() -> Result<Vec<PathBuf>> {
     let out = cargo()

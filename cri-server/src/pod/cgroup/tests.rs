@@ -1,6 +1,7 @@
 //! Tests against a real, writable cgroup v2 hierarchy. Hosts with a hybrid
 //! cgroup layout (like hull's development machines) have none, so these are
-//! ignored by default and run in the test VM:
+//! ignored by default; `cargo xtask test` runs them in the test VM with the
+//! VM tests. By hand:
 //!
 //! ```text
 //! cargo test -p cri-server --lib --no-run      # prints the test binary
