@@ -8,7 +8,7 @@ use hull_proto::v1 as agent;
 use k8s_cri::v1 as cri;
 
 use super::sandbox_lifecycle::{agent_error, new_id};
-use super::{CriService, now_nanos};
+use super::{CriService, now_nanos, required};
 use crate::error::CriError;
 use crate::pod::container_spec::container_inputs;
 use crate::pod::host_mounts;
@@ -22,14 +22,6 @@ use crate::store::sandbox::SlotUse;
 
 /// Where the guest mounts container images.
 const GUEST_IMAGES_DIR: &str = hull_proto::spec::guest_paths::IMAGES;
-
-fn required(value: &str, field: &'static str) -> Result<(), CriError> {
-    if value.is_empty() {
-        Err(CriError::MissingField { field })
-    } else {
-        Ok(())
-    }
-}
 
 impl CriService {
     /// The live pod a container request names, or why there is none.

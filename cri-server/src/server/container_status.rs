@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use k8s_cri::v1 as cri;
 
-use super::CriService;
+use super::{CriService, required};
 use crate::error::CriError;
 
 impl CriService {
@@ -12,11 +12,7 @@ impl CriService {
         &self,
         request: cri::ContainerStatusRequest,
     ) -> Result<cri::ContainerStatusResponse, CriError> {
-        if request.container_id.is_empty() {
-            return Err(CriError::MissingField {
-                field: "container_id",
-            });
-        }
+        required(&request.container_id, "container_id")?;
         let container = self.containers.lookup(&request.container_id)?;
         let mut info = HashMap::new();
         if request.verbose {

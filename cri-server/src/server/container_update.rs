@@ -4,8 +4,8 @@
 use hull_proto::v1 as agent;
 use k8s_cri::v1 as cri;
 
-use super::CriService;
 use super::sandbox_lifecycle::agent_error;
+use super::{CriService, required};
 use crate::error::CriError;
 use crate::pod::container_spec::resources_from_cri;
 use crate::store::container::ContainerState;
@@ -18,11 +18,7 @@ impl CriService {
         &self,
         request: cri::UpdateContainerResourcesRequest,
     ) -> Result<cri::UpdateContainerResourcesResponse, CriError> {
-        if request.container_id.is_empty() {
-            return Err(CriError::MissingField {
-                field: "container_id",
-            });
-        }
+        required(&request.container_id, "container_id")?;
         let container = self.containers.lookup(&request.container_id)?;
         let id = container.metadata.id.clone();
         let linux = request
@@ -81,11 +77,7 @@ impl CriService {
         &self,
         request: cri::ReopenContainerLogRequest,
     ) -> Result<cri::ReopenContainerLogResponse, CriError> {
-        if request.container_id.is_empty() {
-            return Err(CriError::MissingField {
-                field: "container_id",
-            });
-        }
+        required(&request.container_id, "container_id")?;
         let container = self.containers.lookup(&request.container_id)?;
         let id = container.metadata.id.clone();
         if container.status.state != ContainerState::Running {

@@ -7,8 +7,8 @@ use hull_proto::v1 as agent;
 use k8s_cri::v1 as cri;
 use tokio_stream::StreamExt;
 
-use super::CriService;
 use super::sandbox_lifecycle::{agent_error, new_id};
+use super::{CriService, required};
 use crate::error::CriError;
 use crate::pod::live::LivePod;
 
@@ -22,11 +22,7 @@ impl CriService {
         &self,
         request: cri::ExecSyncRequest,
     ) -> Result<cri::ExecSyncResponse, CriError> {
-        if request.container_id.is_empty() {
-            return Err(CriError::MissingField {
-                field: "container_id",
-            });
-        }
+        required(&request.container_id, "container_id")?;
         if request.cmd.is_empty() {
             return Err(CriError::MissingField { field: "cmd" });
         }

@@ -197,6 +197,15 @@ cri_service! {
     extra {}
 }
 
+/// `field` of a request must be set.
+fn required(value: &str, field: &'static str) -> Result<(), CriError> {
+    if value.is_empty() {
+        Err(CriError::MissingField { field })
+    } else {
+        Ok(())
+    }
+}
+
 /// The image reference of a request's `image` field (ImageSpec.image).
 fn required_image(spec: Option<cri::ImageSpec>) -> Result<String, CriError> {
     spec.map(|spec| spec.image)

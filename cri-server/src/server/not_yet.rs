@@ -6,7 +6,7 @@
 
 use k8s_cri::v1 as cri;
 
-use super::CriService;
+use super::{CriService, required};
 use crate::error::CriError;
 
 const NEEDS_STREAMING: &str = "hulld has no streaming server yet (use ExecSync)";
@@ -15,14 +15,6 @@ fn pending(what: &'static str) -> CriError {
     CriError::NotYetAvailable {
         what,
         why: NEEDS_STREAMING,
-    }
-}
-
-fn required(value: &str, field: &'static str) -> Result<(), CriError> {
-    if value.is_empty() {
-        Err(CriError::MissingField { field })
-    } else {
-        Ok(())
     }
 }
 

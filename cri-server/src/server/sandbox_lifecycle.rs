@@ -8,7 +8,7 @@ use hull_proto::v1 as agent;
 use k8s_cri::v1 as cri;
 
 use super::adopt::cgroup_says_oom;
-use super::{CriService, now_nanos};
+use super::{CriService, now_nanos, required};
 use crate::error::CriError;
 use crate::pod::cgroup::{CgroupLimits, CgroupRoot, CpuMax, PodCgroup, pod_cgroup_path};
 use crate::pod::live::LivePod;
@@ -23,14 +23,6 @@ use crate::vm_config::VmShape;
 /// How long a stopping pod's guest may take to shut down after the agent
 /// was asked, before the VMM ends it.
 const GUEST_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-
-fn required(value: &str, field: &'static str) -> Result<(), CriError> {
-    if value.is_empty() {
-        Err(CriError::MissingField { field })
-    } else {
-        Ok(())
-    }
-}
 
 /// A new 64-hex-digit id, as containerd makes them.
 pub fn new_id() -> String {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use k8s_cri::v1 as cri;
 
-use super::{CriService, now_nanos};
+use super::{CriService, now_nanos, required};
 use crate::error::CriError;
 
 impl CriService {
@@ -12,11 +12,7 @@ impl CriService {
         &self,
         request: cri::PodSandboxStatusRequest,
     ) -> Result<cri::PodSandboxStatusResponse, CriError> {
-        if request.pod_sandbox_id.is_empty() {
-            return Err(CriError::MissingField {
-                field: "pod_sandbox_id",
-            });
-        }
+        required(&request.pod_sandbox_id, "pod_sandbox_id")?;
         let sandbox = self.sandboxes.lookup(&request.pod_sandbox_id)?;
         let mut info = HashMap::new();
         if request.verbose {

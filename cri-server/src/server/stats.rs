@@ -12,7 +12,7 @@ use hull_proto::v1 as agent;
 use k8s_cri::v1 as cri;
 
 use super::sandbox_lifecycle::agent_error;
-use super::{CriService, now_nanos};
+use super::{CriService, now_nanos, required};
 use crate::error::CriError;
 use crate::pod::cgroup::CgroupStats;
 use crate::pod::live::LivePod;
@@ -164,11 +164,7 @@ impl CriService {
         &self,
         request: cri::ContainerStatsRequest,
     ) -> Result<cri::ContainerStatsResponse, CriError> {
-        if request.container_id.is_empty() {
-            return Err(CriError::MissingField {
-                field: "container_id",
-            });
-        }
+        required(&request.container_id, "container_id")?;
         let container = self.containers.lookup(&request.container_id)?;
         let id = container.metadata.id.clone();
         let stats = match self.pods.get(&container.metadata.sandbox_id) {
@@ -290,11 +286,7 @@ impl CriService {
         &self,
         request: cri::PodSandboxStatsRequest,
     ) -> Result<cri::PodSandboxStatsResponse, CriError> {
-        if request.pod_sandbox_id.is_empty() {
-            return Err(CriError::MissingField {
-                field: "pod_sandbox_id",
-            });
-        }
+        required(&request.pod_sandbox_id, "pod_sandbox_id")?;
         let sandbox = self.sandboxes.lookup(&request.pod_sandbox_id)?;
         Ok(cri::PodSandboxStatsResponse {
             stats: Some(self.sandbox_stats(&sandbox).await?),

@@ -100,59 +100,48 @@ if [ -n "$failed" ]; then
 fi
 "#;
 
-/// Builds hulld's unit tests (`cri-server` lib) and returns the binary.
-fn build_cri_server_unit_tests() -> Result<PathBuf> {
+/// Builds tests with `cargo test --no-run ARGS`; returns cargo's JSON
+/// messages. `what` names them in the error.
+fn build_tests(args: &[&str], what: &str) -> Result<String> {
     let out = cargo()
-        .args([
-            "test",
-            "-p",
-            "cri-server",
-            "--lib",
-            "--no-run",
-            "--message-format=json-render-diagnostics",
-        ])
+        .arg("test")
+        .args(args)
+        .args(["--no-run", "--message-format=json-render-diagnostics"])
         .stderr(Stdio::inherit())
         .output()
         .context("cannot run cargo")?;
     if !out.status.success() {
-        bail!("building hulld's unit tests failed ({})", out.status);
+        bail!("building {what} failed ({})", out.status);
     }
-    String::from_utf8_lossy(&out.stdout)
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Test artifacts (`compiler-artifact` messages of test profile) in cargo's
+/// JSON messages.
+fn test_artifacts(messages: &str) -> impl Iterator<Item = serde_json::Value> + '_ {
+    messages
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|message| message["reason"] == "compiler-artifact")
         .filter(|message| message["profile"]["test"] == true)
+}
+
+/// Builds hulld's unit tests (`cri-server` lib) and returns the binary.
+fn build_cri_server_unit_tests() -> Result<PathBuf> {
+    let messages = build_tests(&["-p", "cri-server", "--lib"], "hulld's unit tests")?;
+    test_artifacts(&messages)
         .find_map(|message| message["executable"].as_str().map(PathBuf::from))
         .context("cargo built no unit test binary for cri-server")
 }
 
 fn build_test_binaries() -> Result<Vec<PathBuf>> {
-    let out = cargo()
-        .args([
-            "test",
-            "-p",
-            PACKAGE,
-            "--features",
-            FEATURE,
-            "--no-run",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run cargo")?;
-    if !out.status.success() {
-        bail!("building the VM tests failed ({})", out.status);
-    }
-    Ok(vm_test_executables(&String::from_utf8_lossy(&out.stdout)))
+    let messages = build_tests(&["-p", PACKAGE, "--features", FEATURE], "the VM tests")?;
+    Ok(vm_test_executables(&messages))
 }
 
 /// Executables of `vm_*` test targets in cargo's JSON messages.
 fn vm_test_executables(messages: &str) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = messages
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|message| message["reason"] == "compiler-artifact")
-        .filter(|message| message["profile"]["test"] == true)
+    let mut found: Vec<PathBuf> = test_artifacts(messages)
         .filter(|message| {
             message["target"]["kind"]
                 .as_array()
