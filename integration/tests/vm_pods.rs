@@ -14,6 +14,14 @@ use k8s_cri::v1 as cri;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_runs_its_containers_in_its_own_kernel() {
     let node = Node::start().await;
+    let mut events = node
+        .hulld
+        .runtime()
+        .await
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .expect("GetContainerEvents")
+        .into_inner();
     let (pod, config) = node.run_pod("web").await;
     assert_eq!(
         node.pod_state(&pod).await,
@@ -75,6 +83,27 @@ async fn a_pod_runs_its_containers_in_its_own_kernel() {
             .iter()
             .any(|(s, _, c)| s == "stdout" && c == "partial"),
         "an unterminated last line is kept: {log}"
+    );
+
+    // The kubelet's event stream saw the writer's life.
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let event = tokio::time::timeout(DEADLINE, events.message())
+            .await
+            .expect("a container event")
+            .expect("the event stream")
+            .expect("an open event stream");
+        if event.container_id == writer {
+            seen.push(event.container_event_type);
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            cri::ContainerEventType::ContainerCreatedEvent as i32,
+            cri::ContainerEventType::ContainerStartedEvent as i32,
+            cri::ContainerEventType::ContainerStoppedEvent as i32,
+        ]
     );
 
     // A second container of the pod shares its IPC (shm) namespace.

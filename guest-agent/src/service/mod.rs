@@ -21,6 +21,9 @@ use crate::files::FileTree;
 use crate::pid1::{self, PowerAction};
 use crate::{sandbox, stdio, storage};
 
+/// How long an exec'd process stays known after its exit was returned.
+const WAITED_EXEC_GRACE: Duration = Duration::from_secs(60);
+
 /// The agent's gRPC service.
 pub struct AgentService {
     containers: Arc<Containers>,
@@ -149,9 +152,15 @@ impl Agent for AgentService {
         let process = self.containers.process(&r.container_id, &r.exec_id)?;
         let status = process.wait().await;
         if !r.exec_id.is_empty() {
-            // An exec is waited for once; forgetting it keeps a container
-            // probed every few seconds from growing the agent's tables.
-            self.containers.forget_exec(&r.container_id, &r.exec_id);
+            // Forgetting a waited-for exec keeps a container probed every
+            // few seconds from growing the agent's tables; the grace lets
+            // a reader that attaches after the wait still drain its output.
+            let containers = self.containers.clone();
+            let (container_id, exec_id) = (r.container_id.clone(), r.exec_id.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(WAITED_EXEC_GRACE).await;
+                containers.forget_exec(&container_id, &exec_id);
+            });
         }
         Ok(Response::new(v1::WaitProcessResponse {
             status: Some(status),
