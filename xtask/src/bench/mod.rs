@@ -5,6 +5,7 @@
 //! a few times from cold state (fresh roots) and reports the median.
 
 mod image_pull;
+mod pod_start;
 mod vmm_boot;
 
 use anyhow::{Result, bail};
@@ -13,11 +14,11 @@ use clap::Args;
 /// Arguments of `cargo xtask bench`.
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Which benchmark: image-pull, vmm-boot.
+    /// Which benchmark: image-pull, pod-start, vmm-boot.
     name: String,
-    /// Runs per side; the median is reported.
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
+    /// Runs per side; the median is reported (default 3; pod-start: 10).
+    #[arg(long)]
+    runs: Option<usize>,
     /// Approximate uncompressed size of the test image (image-pull).
     #[arg(long, default_value_t = 100)]
     megabytes: usize,
@@ -25,15 +26,23 @@ pub struct BenchArgs {
 
 /// Runs the benchmark `args.name`.
 pub fn run_cli(args: BenchArgs) -> Result<()> {
-    if args.runs == 0 {
+    let runs = args.runs.unwrap_or(match args.name.as_str() {
+        "pod-start" => pod_start::DEFAULT_RUNS,
+        _ => DEFAULT_RUNS,
+    });
+    if runs == 0 {
         bail!("--runs must be at least 1");
     }
     match args.name.as_str() {
-        "image-pull" => image_pull::run(args.runs, args.megabytes),
-        "vmm-boot" => vmm_boot::run_bench(args.runs),
-        other => bail!("unknown benchmark {other:?}; known: image-pull, vmm-boot"),
+        "image-pull" => image_pull::run(runs, args.megabytes),
+        "pod-start" => pod_start::run_bench(runs),
+        "vmm-boot" => vmm_boot::run_bench(runs),
+        other => bail!("unknown benchmark {other:?}; known: image-pull, pod-start, vmm-boot"),
     }
 }
+
+/// Runs per side when `--runs` is not given (pod-start has its own).
+const DEFAULT_RUNS: usize = 3;
 
 /// The median of `values` (the mean of the middle two for an even count).
 pub fn median(values: &[f64]) -> f64 {

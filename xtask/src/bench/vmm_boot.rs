@@ -103,16 +103,16 @@ fn write_initramfs(path: &Path) -> Result<()> {
 }
 
 /// One boot: time to the marker, memory at that moment, hull's phases.
-struct Boot {
-    ms: f64,
+pub(super) struct Boot {
+    pub(super) ms: f64,
     /// VMM memory without guest RAM (hull: RssAnon + RssFile; guest RAM is shared memory).
-    overhead_kib: u64,
+    pub(super) overhead_kib: u64,
     /// Whole resident set.
-    rss_kib: u64,
+    pub(super) rss_kib: u64,
     phases_us: Option<serde_json::Value>,
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
+pub(super) fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -124,10 +124,15 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn wait_marker(child: &mut Child, console: &Path, started: Instant) -> Result<Duration> {
+fn wait_marker(
+    child: &mut Child,
+    console: &Path,
+    marker: &str,
+    started: Instant,
+) -> Result<Duration> {
     loop {
         if std::fs::read(console)
-            .map(|c| c.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()))
+            .map(|c| c.windows(marker.len()).any(|w| w == marker.as_bytes()))
             .unwrap_or(false)
         {
             return Ok(started.elapsed());
@@ -184,7 +189,7 @@ fn boot_hull(dir: &Path, work: &Path, kernel: &str) -> Result<Boot> {
         .env("HULL_VMM_LOG", "warn")
         .spawn()
         .context("cannot start hull-vmm")?;
-    let elapsed = wait_marker(&mut child, &console, started)?;
+    let elapsed = wait_marker(&mut child, &console, MARKER, started)?;
     let pid = child.id();
     let overhead_kib = status_kib(pid, "RssAnon:") + status_kib(pid, "RssFile:");
     let rss_kib = status_kib(pid, "VmRSS:");
@@ -199,8 +204,30 @@ fn boot_hull(dir: &Path, work: &Path, kernel: &str) -> Result<Boot> {
 }
 
 fn boot_qemu(dir: &Path, work: &Path, kernel: &str) -> Result<Boot> {
-    let console = work.join("qemu-console.log");
-    let _ = std::fs::remove_file(&console);
+    let (boot, mut child) = boot_qemu_to_marker(
+        &dir.join(kernel),
+        &dir.join("initramfs.cpio"),
+        MEMORY_MIB,
+        MARKER,
+        &work.join("qemu-console.log"),
+    )?;
+    wait_exit(&mut child)?;
+    Ok(boot)
+}
+
+/// Starts QEMU `-M microvm -enable-kvm` (1 vCPU, `memory_mib`) with
+/// `kernel` and `initramfs`, its serial console written to `console`, and
+/// times it from its start to `marker` on the console; reads its memory at
+/// that moment. Returns the still running QEMU: the caller waits for its
+/// exit or ends it.
+pub(super) fn boot_qemu_to_marker(
+    kernel: &Path,
+    initramfs: &Path,
+    memory_mib: u32,
+    marker: &str,
+    console: &Path,
+) -> Result<(Boot, Child)> {
+    let _ = std::fs::remove_file(console);
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args([
@@ -212,7 +239,7 @@ fn boot_qemu(dir: &Path, work: &Path, kernel: &str) -> Result<Boot> {
             "-smp",
             "1",
         ])
-        .args(["-m", &format!("{MEMORY_MIB}M")])
+        .args(["-m", &format!("{memory_mib}M")])
         .args([
             "-nodefaults",
             "-no-user-config",
@@ -223,24 +250,26 @@ fn boot_qemu(dir: &Path, work: &Path, kernel: &str) -> Result<Boot> {
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .arg("-kernel")
-        .arg(dir.join(kernel))
+        .arg(kernel)
         .arg("-initrd")
-        .arg(dir.join("initramfs.cpio"))
+        .arg(initramfs)
         .args(["-append", "console=ttyS0 reboot=t panic=-1 quiet"])
         .stdout(Stdio::null())
         .spawn()
         .context("cannot start qemu-system-x86_64")?;
-    let elapsed = wait_marker(&mut child, &console, started)?;
+    let elapsed = wait_marker(&mut child, console, marker, started)?;
     let pid = child.id();
     let overhead_kib = status_kib(pid, "RssAnon:") + status_kib(pid, "RssFile:");
     let rss_kib = status_kib(pid, "VmRSS:");
-    wait_exit(&mut child)?;
-    Ok(Boot {
-        ms: elapsed.as_secs_f64() * 1000.0,
-        overhead_kib,
-        rss_kib,
-        phases_us: None,
-    })
+    Ok((
+        Boot {
+            ms: elapsed.as_secs_f64() * 1000.0,
+            overhead_kib,
+            rss_kib,
+            phases_us: None,
+        },
+        child,
+    ))
 }
 
 fn phase_ms(phases: &serde_json::Value, key: &str) -> f64 {

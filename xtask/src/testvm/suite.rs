@@ -103,8 +103,14 @@ fi
 /// Builds tests with `cargo test --no-run ARGS`; returns cargo's JSON
 /// messages. `what` names them in the error.
 fn build_tests(args: &[&str], what: &str) -> Result<String> {
+    build_no_run("test", args, what)
+}
+
+/// `cargo SUBCOMMAND --no-run ARGS` (`test` or `bench`); returns cargo's
+/// JSON messages. `what` names the targets in the error.
+fn build_no_run(subcommand: &str, args: &[&str], what: &str) -> Result<String> {
     let out = cargo()
-        .arg("test")
+        .arg(subcommand)
         .args(args)
         .args(["--no-run", "--message-format=json-render-diagnostics"])
         .stderr(Stdio::inherit())
@@ -124,6 +130,20 @@ fn test_artifacts(messages: &str) -> impl Iterator<Item = serde_json::Value> + '
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|message| message["reason"] == "compiler-artifact")
         .filter(|message| message["profile"]["test"] == true)
+}
+
+/// Builds the bench target `name` of the VM tests' crate (`cargo bench
+/// --no-run`, so in the bench profile) and returns its executable.
+pub(crate) fn build_vm_bench(name: &str) -> Result<PathBuf> {
+    let messages = build_no_run(
+        "bench",
+        &["-p", PACKAGE, "--features", FEATURE, "--bench", name],
+        &format!("the {name} benchmark"),
+    )?;
+    test_artifacts(&messages)
+        .filter(|message| message["target"]["name"] == name)
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("cargo built no executable for the {name} benchmark"))
 }
 
 /// Builds hulld's unit tests (`cri-server` lib) and returns the binary.

@@ -1,0 +1,198 @@
+//! `cargo xtask bench pod-start`: time from RunPodSandbox to a RUNNING
+//! container through hulld's CRI socket, next to QEMU `-M microvm` booting
+//! the same guest kernel and initramfs to init, and host memory per idle
+//! pod; all in one test VM boot (or directly on a host whose KVM boots
+//! standard guests).
+//!
+//! On the host: builds the guest kernel, the agent initramfs (`cargo xtask
+//! initramfs`), release `hulld` and `hull-vmm`, and the `pod_start` bench
+//! of `hull-integration` (`integration/benches/pod_start.rs`, which finds
+//! the release binaries next to its own `target/release`), then re-runs
+//! itself under `vm-run` with `HULL_POD_START_BENCH_INNER=1`. There:
+//!
+//! 1. QEMU `-M microvm -enable-kvm` (1 vCPU, the pod VMs' 192 MiB) boots
+//!    the guest kernel's vmlinux (the image hulld gives its pod VMs) with
+//!    the agent initramfs, `--runs` times; each boot is timed from QEMU's
+//!    start to the agent's first console line (`hull-agent starting`, which
+//!    it logs once it runs as init), then QEMU is killed.
+//! 2. The bench binary times `--runs` pod starts, one pod at a time, and
+//!    reads the host memory of 10 idle pods (see its doc comment).
+//!
+//! Prints per-run lines, the medians of hull's phases, and `RESULT pod-start
+//! hull_ms=… qemu_boot_ms=… ratio=… idle_pod_host_mib=…`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use super::{median, vmm_boot};
+use crate::kernel;
+use crate::testvm::{self, RunOptions, suite};
+use crate::util::{cargo, run, workspace_root};
+
+const INNER_ENV: &str = "HULL_POD_START_BENCH_INNER";
+/// The bench binary, for the inner run.
+const BINARY_ENV: &str = "HULL_POD_START_BENCH_BINARY";
+/// Where the bench binary writes its samples (JSON).
+const SUMMARY_ENV: &str = "HULL_POD_START_SUMMARY";
+const VMLINUX_ENV: &str = "HULL_GUEST_VMLINUX";
+const BZIMAGE_ENV: &str = "HULL_GUEST_BZIMAGE";
+const INITRAMFS_ENV: &str = "HULL_AGENT_INITRAMFS";
+/// The agent's first console line.
+const AGENT_MARKER: &str = "hull-agent starting";
+/// Guest memory of the pod VMs (`integration/src/pod_node.rs`); QEMU's too.
+const POD_MEMORY_MIB: u32 = 192;
+/// Test VM memory at least: 10 idle pods of 192 MiB, hulld and a registry.
+const MIN_TESTVM_MIB: u32 = 4096;
+/// Timed pod starts (and QEMU boots) unless `--runs` says otherwise.
+pub const DEFAULT_RUNS: usize = 10;
+
+/// Entry point of `cargo xtask bench pod-start`.
+pub fn run_bench(runs: usize) -> Result<()> {
+    if std::env::var_os(INNER_ENV).is_some() {
+        return measure(runs);
+    }
+    let kernel = kernel::build()?;
+    let initramfs = crate::initramfs::build(false)?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "cri-server",
+        "-p",
+        "vm-runtime",
+        "--bins",
+    ]))?;
+    let binary = suite::build_vm_bench("pod_start")?;
+    let xtask = std::env::current_exe()?;
+    let command = vec![
+        "env".to_string(),
+        format!("{INNER_ENV}=1"),
+        format!("{VMLINUX_ENV}={}", kernel.vmlinux.display()),
+        format!("{BZIMAGE_ENV}={}", kernel.bzimage.display()),
+        format!("{INITRAMFS_ENV}={}", initramfs.display()),
+        format!("{BINARY_ENV}={}", binary.display()),
+        xtask.display().to_string(),
+        "bench".into(),
+        "pod-start".into(),
+        "--runs".into(),
+        runs.to_string(),
+    ];
+    let mut options = RunOptions::default();
+    options.memory_mib = options.memory_mib.max(MIN_TESTVM_MIB);
+    let code = testvm::run(&command, &options)?;
+    if code != 0 {
+        bail!("the pod-start benchmark failed inside the test VM (exit status {code})");
+    }
+    Ok(())
+}
+
+fn env_path(name: &str) -> Result<PathBuf> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .with_context(|| format!("{name} is not set (run `cargo xtask bench pod-start`)"))
+}
+
+/// QEMU's side: `runs` boots to the agent's first console line; returns
+/// the times in ms.
+fn qemu_boots(vmlinux: &Path, initramfs: &Path, work: &Path, runs: usize) -> Result<Vec<f64>> {
+    println!(
+        "qemu -M microvm: {runs} boots of {} + {} ({POD_MEMORY_MIB} MiB, 1 vCPU) to {AGENT_MARKER:?} on the console",
+        vmlinux.display(),
+        initramfs.display()
+    );
+    let console = work.join("qemu-console.log");
+    let mut times = Vec::new();
+    for run in 1..=runs {
+        let (boot, mut child) = vmm_boot::boot_qemu_to_marker(
+            vmlinux,
+            initramfs,
+            POD_MEMORY_MIB,
+            AGENT_MARKER,
+            &console,
+        )
+        .context("booting the agent initramfs with QEMU")?;
+        // The agent serves nothing without hull's vsock device: end QEMU
+        // (our own child) here.
+        let _ = child.kill();
+        child.wait().context("waiting for QEMU")?;
+        println!(
+            "run {run:>2}: qemu {:>6.0} ms (VmRSS {:.1} MiB)",
+            boot.ms,
+            boot.rss_kib as f64 / 1024.0
+        );
+        times.push(boot.ms);
+    }
+    Ok(times)
+}
+
+/// The median of `key` over the starts in the bench's summary, if any
+/// start has it.
+fn phase_median(starts: &[serde_json::Value], key: &str) -> Option<f64> {
+    let values: Vec<f64> = starts.iter().filter_map(|s| s[key].as_f64()).collect();
+    (!values.is_empty()).then(|| median(&values))
+}
+
+/// Runs inside the VM: QEMU's boots, then the bench binary; the report.
+fn measure(runs: usize) -> Result<()> {
+    let vmlinux = env_path(VMLINUX_ENV)?;
+    let initramfs = env_path(INITRAMFS_ENV)?;
+    let binary = env_path(BINARY_ENV)?;
+    let work = std::env::temp_dir().join("hull-pod-start-bench");
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    let qemu = qemu_boots(&vmlinux, &initramfs, &work, runs)?;
+
+    let summary_path = work.join("summary.json");
+    let _ = std::fs::remove_file(&summary_path);
+    let status = Command::new(&binary)
+        .arg(runs.to_string())
+        .env(SUMMARY_ENV, &summary_path)
+        .current_dir(workspace_root().join("integration"))
+        .status()
+        .with_context(|| format!("cannot run {}", binary.display()))?;
+    if !status.success() {
+        bail!("the pod_start bench failed ({status})");
+    }
+    let summary: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&summary_path)
+            .with_context(|| format!("reading {}", summary_path.display()))?,
+    )
+    .context("parsing the pod_start bench's summary")?;
+    let starts = summary["starts"]
+        .as_array()
+        .context("no starts in the summary")?;
+
+    println!(
+        "hull phases ({} starts, median ms of each; medians do not add up):",
+        starts.len()
+    );
+    let phases = [
+        ("run_pod_sandbox_ms", "RunPodSandbox"),
+        ("vm_boot_ms", "  of which VMM start to agent"),
+        ("create_container_ms", "CreateContainer"),
+        ("start_container_ms", "StartContainer"),
+        ("status_running_ms", "ContainerStatus RUNNING"),
+        ("total_ms", "RunPodSandbox call to RUNNING"),
+    ];
+    for (key, label) in phases {
+        if let Some(ms) = phase_median(starts, key) {
+            println!("  {label:<30} {ms:>8.0}");
+        }
+    }
+    let hull_ms = phase_median(starts, "total_ms").context("no start times in the summary")?;
+    let qemu_ms = median(&qemu);
+    let idle_mib = summary["idle_pod_vmrss_mib"]
+        .as_f64()
+        .context("no idle pod memory in the summary")?;
+    println!(
+        "median: hull pod RUNNING {hull_ms:.0} ms, qemu boot to the agent {qemu_ms:.0} ms; idle pods: {idle_mib:.1} MiB each (VMM VmRSS incl. guest RAM touched, mean of {})",
+        summary["idle_pods"]
+    );
+    println!(
+        "RESULT pod-start hull_ms={hull_ms:.0} qemu_boot_ms={qemu_ms:.0} ratio={:.2} idle_pod_host_mib={idle_mib:.1}",
+        hull_ms / qemu_ms
+    );
+    Ok(())
+}
