@@ -10,6 +10,7 @@
 mod cmdline;
 mod container;
 mod files;
+mod output;
 mod pid1;
 mod reaper;
 mod sandbox;

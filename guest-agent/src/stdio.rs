@@ -5,11 +5,11 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 
-use hull_proto::limits::MAX_STDIO_CHUNK_BYTES;
-use hull_proto::v1;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::output::HeldOutput;
 
 /// Setting up stdio failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,12 @@ pub enum StdioError {
     NoTerminal,
     #[error("cannot set the terminal size")]
     Resize(#[source] nix::Error),
+    #[error("{stream} offset {offset} is beyond the {end} bytes the process has written")]
+    OffsetBeyondOutput {
+        stream: &'static str,
+        offset: u64,
+        end: u64,
+    },
 }
 
 /// One end of a pipe or terminal, registered with the runtime.
@@ -83,9 +89,9 @@ impl AsyncFile {
 /// The output side of a process: one reader at a time.
 pub struct Output {
     /// The terminal master, or the read end of the stdout pipe.
-    stdout: Option<AsyncFile>,
+    pub(crate) stdout: Option<AsyncFile>,
     /// The read end of the stderr pipe (none with a terminal).
-    stderr: Option<AsyncFile>,
+    pub(crate) stderr: Option<AsyncFile>,
 }
 
 /// The agent's ends of one process's stdio.
@@ -93,6 +99,8 @@ pub struct ProcessStdio {
     stdin: Mutex<Option<AsyncFile>>,
     has_stdin: bool,
     output: Arc<Mutex<Output>>,
+    /// Output read and not yet acknowledged by its reader.
+    held: Arc<HeldOutput>,
     /// A duplicate of the terminal master, for resizing.
     terminal: Option<OwnedFd>,
 }
@@ -129,6 +137,7 @@ impl ProcessStdio {
                 stdout: Some(AsyncFile::new(stdout_read)?),
                 stderr: Some(AsyncFile::new(stderr_read)?),
             })),
+            held: Arc::default(),
             terminal: None,
         };
         Ok((
@@ -157,6 +166,7 @@ impl ProcessStdio {
                 stdout: Some(AsyncFile::new(master)?),
                 stderr: None,
             })),
+            held: Arc::default(),
             terminal: Some(resize),
         })
     }
@@ -201,6 +211,11 @@ impl ProcessStdio {
             .map_err(|_| StdioError::ReaderAttached)
     }
 
+    /// The output read and held for the reader (see [`crate::output`]).
+    pub fn held_output(&self) -> Arc<HeldOutput> {
+        Arc::clone(&self.held)
+    }
+
     /// The raw descriptor numbers, for logs.
     pub fn describe(&self) -> String {
         match &self.terminal {
@@ -210,61 +225,24 @@ impl ProcessStdio {
     }
 }
 
-/// Copies a process's output into `tx` as bounded chunks until both streams
-/// end or the receiver goes away. Output not yet read stays in the pipe for
-/// the next reader.
-pub async fn pump_output(
-    mut output: OwnedMutexGuard<Output>,
-    tx: mpsc::Sender<Result<v1::OutputChunk, tonic::Status>>,
-) {
-    let mut out_buf = vec![0u8; MAX_STDIO_CHUNK_BYTES];
-    let mut err_buf = vec![0u8; MAX_STDIO_CHUNK_BYTES];
-    loop {
-        let Output { stdout, stderr } = &mut *output;
-        if stdout.is_none() && stderr.is_none() {
-            return;
-        }
-        let (stream, result) = tokio::select! {
-            r = async { stdout.as_ref().unwrap().read(&mut out_buf).await }, if stdout.is_some() => (v1::OutputStream::Stdout, r),
-            r = async { stderr.as_ref().unwrap().read(&mut err_buf).await }, if stderr.is_some() => (v1::OutputStream::Stderr, r),
-            () = tx.closed() => return,
-        };
-        let n = match result {
-            Ok(n) => n,
-            Err(err) => {
-                tracing::warn!(error = %err, ?stream, "reading process output failed");
-                0
-            }
-        };
-        if n == 0 {
-            match stream {
-                v1::OutputStream::Stderr => *stderr = None,
-                _ => *stdout = None,
-            }
-            continue;
-        }
-        let data = match stream {
-            v1::OutputStream::Stderr => err_buf[..n].to_vec(),
-            _ => out_buf[..n].to_vec(),
-        };
-        let chunk = v1::OutputChunk {
-            stream: stream as i32,
-            data,
-        };
-        if tx.send(Ok(chunk)).await.is_err() {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use hull_proto::limits::MAX_STDIO_CHUNK_BYTES;
+    use hull_proto::v1;
+    use tokio::sync::mpsc;
+
     use super::*;
 
     async fn collect(stdio: &ProcessStdio) -> (Vec<u8>, Vec<u8>) {
         let output = stdio.attach_output().unwrap();
         let (tx, mut rx) = mpsc::channel(4);
-        tokio::spawn(pump_output(output, tx));
+        tokio::spawn(crate::output::pump(
+            output,
+            stdio.held_output(),
+            [0, 0],
+            false,
+            tx,
+        ));
         let (mut out, mut err) = (Vec::new(), Vec::new());
         while let Some(chunk) = rx.recv().await {
             let chunk = chunk.unwrap();

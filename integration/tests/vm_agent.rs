@@ -112,6 +112,7 @@ fn collect_output(client: &AgentClient, container_id: &str, exec_id: &str) -> Ar
     let request = v1::ReadOutputRequest {
         container_id: container_id.to_owned(),
         exec_id: exec_id.to_owned(),
+        ..Default::default()
     };
     let sink = text.clone();
     tokio::spawn(async move {

@@ -32,7 +32,9 @@ pub mod v1 {
 /// - 1: the first version.
 /// - 2: `ReadFile` and `RemoveFile`.
 /// - 3: `ExecProcess.process_json` is merged over the container's own process.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// - 4: output offsets and acknowledgements (`ReadOutput` resumes,
+///   `AcknowledgeOutput`).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The vsock port the agent listens on unless `hull.vsock_port=` says otherwise.
 pub const DEFAULT_AGENT_PORT: u32 = 1024;

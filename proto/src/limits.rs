@@ -4,6 +4,11 @@
 /// Largest `data` in one `OutputChunk` or `StdinChunk`.
 pub const MAX_STDIO_CHUNK_BYTES: usize = 32 * 1024;
 
+/// How far the agent reads a process's stream ahead of what the reader has
+/// acknowledged (`ReadOutputRequest.acknowledges`): output it holds for a
+/// reader that may die.
+pub const MAX_UNACKNOWLEDGED_OUTPUT_BYTES: usize = 256 * 1024;
+
 /// Largest OCI runtime spec JSON in `CreateContainerRequest`.
 pub const MAX_SPEC_JSON_BYTES: usize = 1024 * 1024;
 

@@ -175,6 +175,12 @@ pub fn output_chunk(chunk: &v1::OutputChunk) -> Result<v1::OutputStream, Validat
             max: MAX_STDIO_CHUNK_BYTES,
         });
     }
+    if chunk.offset.checked_add(chunk.data.len() as u64).is_none() {
+        return Err(ValidationError::OutOfRange {
+            field: "output_chunk.offset",
+            value: i64::try_from(chunk.offset).unwrap_or(i64::MAX),
+        });
+    }
     match v1::OutputStream::try_from(chunk.stream) {
         Ok(v1::OutputStream::Unspecified) | Err(_) => Err(ValidationError::UnknownEnum {
             field: "output_chunk.stream",
@@ -354,8 +360,15 @@ mod tests {
         let mut chunk = v1::OutputChunk {
             stream: v1::OutputStream::Stdout as i32,
             data: vec![0; MAX_STDIO_CHUNK_BYTES],
+            offset: u64::MAX - MAX_STDIO_CHUNK_BYTES as u64,
         };
         assert_eq!(output_chunk(&chunk), Ok(v1::OutputStream::Stdout));
+        chunk.offset += 1;
+        assert!(matches!(
+            output_chunk(&chunk),
+            Err(ValidationError::OutOfRange { .. })
+        ));
+        chunk.offset = 0;
         chunk.data.push(0);
         assert!(matches!(
             output_chunk(&chunk),

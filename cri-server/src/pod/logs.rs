@@ -39,6 +39,7 @@
 //!   write) gets one before anything is appended, so the torn record stays a
 //!   line of its own that the kubelet skips, instead of gluing onto the next.
 
+mod cursor;
 mod file;
 mod format;
 mod pump;
@@ -47,6 +48,7 @@ mod testing;
 
 use std::path::{Path, PathBuf};
 
+pub use cursor::{OutputCursor, StreamOffsets};
 pub use file::ContainerLog;
 pub use format::{CriLogFormatter, DEFAULT_MAX_LINE_SIZE, LogTag, format_timestamp};
 pub use pump::{LogPump, PumpEnd, spawn_log_pump};
@@ -102,6 +104,12 @@ pub enum LogError {
         #[source]
         source: hull_proto::validate::ValidationError,
     },
+    #[error("cannot open the output offsets file {path}")]
+    Offsets {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the task writing the container log {path} did not finish")]
     Task {
         path: PathBuf,
@@ -118,6 +126,7 @@ impl LogError {
             | LogError::Write { path, .. }
             | LogError::Stream { path, .. }
             | LogError::BadChunk { path, .. }
+            | LogError::Offsets { path, .. }
             | LogError::Task { path, .. } => path,
         }
     }

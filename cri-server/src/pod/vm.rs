@@ -27,7 +27,7 @@ pub const SCRATCH_DRIVE: &str = "scratch";
 /// The oldest agent protocol (v1 minor) hulld drives: host mounts need
 /// ReadFile and RemoveFile (minor 2), ExecSync sends only the args of an
 /// exec and relies on the rest coming from the container (minor 3).
-const MIN_AGENT_PROTOCOL: u32 = 3;
+const MIN_AGENT_PROTOCOL: u32 = 4;
 /// How long a pod's agent may take to answer one request on the stop path.
 const STOP_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -97,6 +97,11 @@ impl PodPaths {
     }
     pub fn vm_config(&self) -> PathBuf {
         self.state.join("vm.json")
+    }
+    /// Where the container's output stands in its log file (see
+    /// [`crate::pod::logs::OutputCursor`]).
+    pub fn output_offsets(&self, container_id: &str) -> PathBuf {
+        self.state.join(format!("output-{container_id}.offsets"))
     }
     pub fn pid_file(&self) -> PathBuf {
         self.run.join("vmm.pid")

@@ -13,7 +13,6 @@ use crate::error::CriError;
 use crate::pod::container_spec::container_inputs;
 use crate::pod::host_mounts;
 use crate::pod::live::LivePod;
-use crate::pod::logs;
 use crate::pod::vm;
 use crate::store::container::{
     ContainerMetadata, ContainerRecord, ContainerState, ContainerStatus,
@@ -351,36 +350,6 @@ impl CriService {
         Ok(cri::StartContainerResponse {})
     }
 
-    /// Starts writing the container's output to its log file, if it has
-    /// one. Output the process wrote while nobody read waits in the guest,
-    /// so a pump attached later (after a hulld restart) loses nothing.
-    pub(super) async fn attach_log(
-        &self,
-        pod: &LivePod,
-        container: &ContainerRecord,
-    ) -> Result<(), CriError> {
-        let id = &container.metadata.id;
-        if container.metadata.log_path.is_empty() {
-            return Ok(());
-        }
-        let output = pod
-            .agent()
-            .read_output(agent::ReadOutputRequest {
-                container_id: id.clone(),
-                exec_id: String::new(),
-            })
-            .await
-            .map_err(|status| agent_error(&pod.id, "attach to the container's output", status))?
-            .into_inner();
-        let pump = logs::spawn_log_pump(container.metadata.log_path.clone().into(), output)
-            .map_err(|source| CriError::Log {
-                container: id.clone(),
-                source,
-            })?;
-        pod.with_container(id, |c| c.log = Some(Arc::new(pump)));
-        Ok(())
-    }
-
     /// Waits for the container's init to exit and records how.
     pub fn watch_container_exit(self: &Arc<Self>, pod: &Arc<LivePod>, id: &str) {
         let service = Arc::clone(self);
@@ -563,6 +532,14 @@ impl CriService {
                 tracing::warn!(container = id, error = %err, "cannot remove the host-mount copies from the guest");
             }
             self.release_image(&pod, &id).await;
+        }
+        let offsets = self
+            .pod_paths(&container.metadata.sandbox_id)
+            .output_offsets(&id);
+        if let Err(err) = std::fs::remove_file(&offsets)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(container = id, path = %offsets.display(), error = %err, "cannot remove the container's output offsets");
         }
         self.containers.remove(&id)?;
         self.publish_container_event(&id, cri::ContainerEventType::ContainerDeletedEvent);

@@ -86,6 +86,8 @@ async fn run_to_exit(
         .read_output(agent::ReadOutputRequest {
             container_id: container_id.to_string(),
             exec_id: exec_id.to_string(),
+            // ExecSync does not outlive its call: nothing to resume.
+            ..Default::default()
         })
         .await
         .map_err(|status| agent_error(&pod.id, "read the exec's output", status))?

@@ -7,6 +7,7 @@
 
 mod adopt;
 mod container_lifecycle;
+mod container_output;
 mod container_list;
 mod container_status;
 mod container_update;

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::container::Containers;
 use crate::files::FileTree;
 use crate::pid1::{self, PowerAction};
-use crate::{sandbox, stdio, storage};
+use crate::{output, sandbox, storage};
 
 /// How long an exec'd process stays known after its exit was returned.
 const WAITED_EXEC_GRACE: Duration = Duration::from_secs(60);
@@ -214,9 +214,25 @@ impl Agent for AgentService {
         ids(&r.container_id, &r.exec_id)?;
         let process = self.containers.process(&r.container_id, &r.exec_id)?;
         let output = process.stdio.attach_output()?;
+        let held = process.stdio.held_output();
+        let next = held.resume([r.stdout_offset, r.stderr_offset])?;
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(stdio::pump_output(output, tx));
+        tokio::spawn(output::pump(output, held, next, r.acknowledges, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn acknowledge_output(
+        &self,
+        request: Request<v1::AcknowledgeOutputRequest>,
+    ) -> Result<Response<v1::AcknowledgeOutputResponse>, Status> {
+        let r = request.get_ref();
+        ids(&r.container_id, &r.exec_id)?;
+        let process = self.containers.process(&r.container_id, &r.exec_id)?;
+        process
+            .stdio
+            .held_output()
+            .acknowledge([r.stdout_offset, r.stderr_offset])?;
+        Ok(Response::new(v1::AcknowledgeOutputResponse {}))
     }
 
     async fn write_stdin(

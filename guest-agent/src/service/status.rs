@@ -45,6 +45,7 @@ fn stdio_code(err: &StdioError) -> Code {
         | StdioError::NoStdin
         | StdioError::StdinClosed
         | StdioError::NoTerminal => Code::FailedPrecondition,
+        StdioError::OffsetBeyondOutput { .. } => Code::OutOfRange,
         _ => Code::Internal,
     }
 }

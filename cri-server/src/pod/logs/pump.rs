@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use super::{ContainerLog, LogError, LogStream};
+use super::{ContainerLog, LogError, LogStream, OutputCursor};
 
 /// How a pump ended without an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,13 +34,18 @@ pub enum PumpEnd {
 }
 
 /// Opens the log file at `path` (see [`ContainerLog::open`]) and starts a
-/// task, on the current tokio runtime, that writes `chunks` into it.
-pub fn spawn_log_pump<S>(path: PathBuf, chunks: S) -> Result<LogPump, LogError>
+/// task, on the current tokio runtime, that writes `chunks` into it, from the
+/// position `cursor` (see [`OutputCursor`]).
+pub fn spawn_log_pump<S>(
+    path: PathBuf,
+    chunks: S,
+    cursor: OutputCursor,
+) -> Result<LogPump, LogError>
 where
     S: Stream<Item = Result<OutputChunk, tonic::Status>> + Send + Unpin + 'static,
 {
     let log = ContainerLog::open(&path)?;
-    Ok(LogPump::start(log, chunks))
+    Ok(LogPump::start(log, chunks, cursor))
 }
 
 /// A running log pump: the handle to reopen its file, stop it, or wait for
@@ -62,7 +67,7 @@ impl LogPump {
     /// A chunk that cannot be written is dropped and logged, and the pump
     /// goes on reading (as containerd does): a full disk must not block the
     /// container.
-    pub fn start<S>(log: ContainerLog, chunks: S) -> Self
+    pub fn start<S>(log: ContainerLog, chunks: S, cursor: OutputCursor) -> Self
     where
         S: Stream<Item = Result<OutputChunk, tonic::Status>> + Send + Unpin + 'static,
     {
@@ -72,6 +77,7 @@ impl LogPump {
         let pumper = Pumper {
             path: path.clone(),
             log: Arc::clone(&log),
+            cursor,
             failing_since: None,
         };
         let span = tracing::debug_span!("container_log", path = %path.display());
@@ -134,6 +140,8 @@ fn lock(log: &Mutex<ContainerLog>) -> MutexGuard<'_, ContainerLog> {
 struct Pumper {
     path: PathBuf,
     log: Arc<Mutex<ContainerLog>>,
+    /// Which output is in the file; recorded and acknowledged after writes.
+    cursor: OutputCursor,
     /// When writes started failing, and how many bytes were dropped since.
     failing_since: Option<(SystemTime, usize)>,
 }
@@ -174,7 +182,7 @@ impl Pumper {
         };
         // Unfinished lines are written whatever the end.
         match self.blocking(|log| log.finish(SystemTime::now())).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => self.cursor.wrote([0, 0]),
             Ok(Err(err)) => self.write_failed(&err, 0),
             Err(err) => tracing::error!(
                 error = %crate::error::error_chain(&err),
@@ -216,14 +224,32 @@ impl Pumper {
                 }));
             }
         };
-        let len = chunk.data.len();
+        let skip = self.cursor.receive(stream, chunk.offset, chunk.data.len());
+        let mut data = chunk.data;
+        if skip == data.len() {
+            return ControlFlow::Continue(());
+        }
+        data.drain(..skip);
+        let len = data.len();
         let now = SystemTime::now();
-        match self
-            .blocking(move |log| log.write(stream, &chunk.data, now))
-            .await
-        {
-            Ok(Ok(())) => self.write_succeeded(),
-            Ok(Err(err)) => self.write_failed(&err, len),
+        let written = self
+            .blocking(move |log| {
+                let result = log.write(stream, &data, now);
+                let pending = [LogStream::Stdout, LogStream::Stderr]
+                    .map(|s| log.formatter().pending(s).len());
+                (result, pending)
+            })
+            .await;
+        match written {
+            Ok((result, pending)) => {
+                match result {
+                    Ok(()) => self.write_succeeded(),
+                    // Dropped like written: a full disk must not stop the
+                    // agent's output.
+                    Err(err) => self.write_failed(&err, len),
+                }
+                self.cursor.wrote(pending);
+            }
             Err(err) => return ControlFlow::Break(Err(err)),
         }
         ControlFlow::Continue(())
@@ -286,6 +312,7 @@ mod tests {
         Ok(OutputChunk {
             stream: OutputStream::Stdout as i32,
             data: data.as_bytes().to_vec(),
+            offset: 0,
         })
     }
 
@@ -293,7 +320,36 @@ mod tests {
         Ok(OutputChunk {
             stream: OutputStream::Stderr as i32,
             data: data.as_bytes().to_vec(),
+            offset: 0,
         })
+    }
+
+    /// Numbers the chunks' offsets as the agent does.
+    fn numbered<S>(chunks: S) -> impl Stream<Item = Item> + Send + Unpin + 'static
+    where
+        S: Stream<Item = Item> + Send + Unpin + 'static,
+    {
+        let mut next = [0u64; 2];
+        chunks.map(move |item| {
+            item.map(|mut chunk| {
+                let index = usize::from(chunk.stream == OutputStream::Stderr as i32);
+                chunk.offset = next[index];
+                next[index] += chunk.data.len() as u64;
+                chunk
+            })
+        })
+    }
+
+    /// A pump from offset 0 that records nothing.
+    fn spawn<S>(path: PathBuf, chunks: S) -> Result<LogPump, LogError>
+    where
+        S: Stream<Item = Item> + Send + Unpin + 'static,
+    {
+        spawn_log_pump(path, numbered(chunks), OutputCursor::in_memory())
+    }
+
+    fn at(offset: u64, item: Item) -> Item {
+        item.map(|chunk| OutputChunk { offset, ..chunk })
     }
 
     /// Waits until `check` holds, for at most 10 s.
@@ -319,7 +375,7 @@ mod tests {
             err("ing\n"),
             out("bye"),
         ]);
-        let pump = spawn_log_pump(path.clone(), chunks).unwrap();
+        let pump = spawn(path.clone(), chunks).unwrap();
         assert_eq!(pump.path(), path);
         assert_eq!(pump.finished().await.unwrap(), PumpEnd::StreamEnded);
         assert_eq!(
@@ -334,6 +390,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_pump_after_a_crash_resumes_where_the_file_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let offsets = dir.path().join("0.offsets");
+        let (sender, receiver) = mpsc::channel(4);
+        let cursor = OutputCursor::open(&offsets).unwrap();
+        let first = spawn_log_pump(path.clone(), ReceiverStream::new(receiver), cursor).unwrap();
+        sender.send(at(0, out("a\nb\npar"))).await.unwrap();
+        sender.send(at(0, err("e1\n"))).await.unwrap();
+        wait_until("three records are written", || {
+            read_records(&path).len() == 3
+        })
+        .await;
+        // What the record says at this moment is what a crash would leave:
+        // "par" is an unfinished line in memory, not in the file.
+        let crashed = dir.path().join("crashed.offsets");
+        wait_until("the offsets are recorded", || {
+            std::fs::read(&offsets).is_ok_and(|b| b.len() == 16 && b[8] == 3)
+        })
+        .await;
+        std::fs::copy(&offsets, &crashed).unwrap();
+        drop(sender);
+        first.finished().await.unwrap();
+        std::fs::write(&path, "").unwrap();
+
+        let cursor = OutputCursor::open(&crashed).unwrap();
+        assert_eq!(cursor.written(), [4, 3]);
+        // The agent sends again from there; a repeated chunk is cut.
+        let chunks = stream::iter(vec![
+            at(4, out("par")),
+            at(4, out("partial\nc\n")),
+            at(3, err("e2\n")),
+        ]);
+        let second = spawn_log_pump(path.clone(), chunks, cursor).unwrap();
+        second.finished().await.unwrap();
+        assert_eq!(
+            summary(&read_records(&path)),
+            ["stdout F partial", "stdout F c", "stderr F e2"]
+        );
+        assert_eq!(OutputCursor::open(&crashed).unwrap().written(), [14, 6]);
+    }
+
+    #[tokio::test]
     async fn a_stream_error_keeps_what_came_before_and_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.log");
@@ -343,7 +442,7 @@ mod tests {
             Err(tonic::Status::unavailable("vsock connection reset")),
             out("never written\n"),
         ]);
-        let pump = spawn_log_pump(path.clone(), chunks).unwrap();
+        let pump = spawn(path.clone(), chunks).unwrap();
         let error = pump.finished().await.unwrap_err();
         assert!(
             matches!(&error, LogError::Stream { source, .. } if source.code() == tonic::Code::Unavailable)
@@ -367,9 +466,10 @@ mod tests {
         let unspecified = Ok(OutputChunk {
             stream: OutputStream::Unspecified as i32,
             data: b"?\n".to_vec(),
+            offset: 0,
         });
         let chunks = stream::iter(vec![out("ok\n"), unspecified, out("after\n")]);
-        let error = spawn_log_pump(path.clone(), chunks)
+        let error = spawn(path.clone(), chunks)
             .unwrap()
             .finished()
             .await
@@ -382,7 +482,7 @@ mod tests {
     async fn an_open_error_names_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gone").join("0.log");
-        let error = spawn_log_pump(path.clone(), stream::empty()).unwrap_err();
+        let error = spawn(path.clone(), stream::empty()).unwrap_err();
         assert!(matches!(&error, LogError::Open { .. }));
         assert!(
             error.to_string().contains(&path.display().to_string()),
@@ -395,7 +495,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.log");
         let (sender, receiver) = mpsc::channel(8);
-        let pump = spawn_log_pump(path.clone(), ReceiverStream::new(receiver)).unwrap();
+        let pump = spawn(path.clone(), ReceiverStream::new(receiver)).unwrap();
         for item in [out("a\n"), err("b\nhalf "), out("c\n"), err("line")] {
             sender.send(item).await.unwrap();
         }
@@ -417,7 +517,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.log");
         let (sender, receiver) = mpsc::channel(1);
-        let pump = spawn_log_pump(path.clone(), ReceiverStream::new(receiver)).unwrap();
+        let pump = spawn(path.clone(), ReceiverStream::new(receiver)).unwrap();
         let waiting = tokio::spawn(pump.finished());
         for n in 0..50 {
             sender.send(out(&format!("line {n}\n"))).await.unwrap();
@@ -435,7 +535,7 @@ mod tests {
         let path = container_dir.join("0.log");
         let moved = dir.path().join("0.log.1");
         let (sender, receiver) = mpsc::channel(1);
-        let pump = spawn_log_pump(path.clone(), ReceiverStream::new(receiver)).unwrap();
+        let pump = spawn(path.clone(), ReceiverStream::new(receiver)).unwrap();
         sender.send(out("one\n")).await.unwrap();
         wait_until("the first line is written", || {
             path.metadata().is_ok_and(|m| m.len() > 0)
@@ -466,7 +566,7 @@ mod tests {
         let path = dir.path().join("0.log");
         let rotated = dir.path().join("0.log.20261122-100000");
         let (sender, receiver) = mpsc::channel(1);
-        let pump = spawn_log_pump(path.clone(), ReceiverStream::new(receiver)).unwrap();
+        let pump = spawn(path.clone(), ReceiverStream::new(receiver)).unwrap();
 
         // Lines of varied length sent in chunks that cut them anywhere, so
         // that partial lines are pending when the file is renamed; stderr
