@@ -353,6 +353,62 @@ async fn drive_agent(address: AgentAddress) -> Result<()> {
         "{status:?} output {text:?}"
     );
 
+    // An OOM kill of a child process is reported while the container's
+    // init goes on running.
+    let mut events = client
+        .events(v1::EventsRequest {})
+        .await
+        .context("Events")?
+        .into_inner();
+    let child_oom_spec = spec_json(
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/null bs=64M count=1; echo dd-ended; sleep 30",
+        ],
+        |input| {
+            input.resources = Resources {
+                memory_limit_bytes: 16 << 20,
+                ..Default::default()
+            };
+        },
+    )?;
+    let child_oom_output = create_and_start(&mut client, "c-child-oom", child_oom_spec, "").await?;
+    let oom_event = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match events.message().await? {
+                Some(v1::Event {
+                    kind: Some(v1::event::Kind::OomKilled(k)),
+                    ..
+                }) if k.container_id == "c-child-oom" => return Ok(()),
+                Some(_) => continue,
+                None => anyhow::bail!("the event stream ended"),
+            }
+        }
+    })
+    .await;
+    ensure!(
+        matches!(oom_event, Ok(Ok(()))),
+        "no OomKilled event for the child's OOM kill: {oom_event:?}; output {:?}",
+        child_oom_output.lock().unwrap()
+    );
+    let state = client
+        .container_status(v1::ContainerStatusRequest {
+            container_id: "c-child-oom".into(),
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        state.state == v1::ContainerState::Running as i32,
+        "the OOM event came while the init runs: {state:?}"
+    );
+    client
+        .delete_container(v1::DeleteContainerRequest {
+            container_id: "c-child-oom".into(),
+            force: true,
+        })
+        .await?;
+
     // A named user gets its uid, gid and supplementary groups from the image.
     let (text, status) = run_to_end(
         &mut client,

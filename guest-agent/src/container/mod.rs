@@ -9,6 +9,7 @@
 mod create;
 mod exec;
 mod lifecycle;
+mod oom;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -165,8 +166,9 @@ impl Containers {
     }
 
     /// Starts tracking `pid`'s exit; the returned receiver gets its status.
-    /// With `cgroup_dir` (container init), an OOM kill in the container's
-    /// cgroup is reported with the exit. Must be called before returning to
+    /// With `cgroup_dir` (container init), OOM kills in the container's
+    /// cgroup are reported as events while it runs (see [`oom`]) and with
+    /// the exit. Must be called before returning to
     /// the runtime after the process was created.
     fn track_exit(
         &self,
@@ -178,6 +180,11 @@ impl Containers {
         let reaped = self.reaper.watch(pid);
         let (tx, rx) = watch::channel(None);
         let events = self.events.clone();
+        let oom = cgroup_dir.map(|dir| {
+            let count = oom::OomCount::new(container_id, &dir);
+            oom::spawn_watcher(Arc::clone(&count), events.clone(), rx.clone());
+            count
+        });
         let container_id = container_id.to_owned();
         let exec_id = exec_id.to_owned();
         tokio::spawn(async move {
@@ -185,9 +192,10 @@ impl Containers {
                 tracing::error!(%container_id, %exec_id, pid, "exit watcher dropped before the exit");
                 return;
             };
-            let oom_killed = cgroup_dir
-                .as_deref()
-                .is_some_and(|dir| stats::oom_kills(dir) > 0);
+            let oom_killed = oom.as_ref().is_some_and(|count| {
+                count.report_new(&events);
+                count.any()
+            });
             let status = v1::ExitStatus {
                 exit_code: exit.exit_code(),
                 signal: exit.signal(),
@@ -195,14 +203,6 @@ impl Containers {
                 exited_at_unix_nanos: stats::now_unix_nanos(),
             };
             tracing::info!(%container_id, %exec_id, pid, exit_code = status.exit_code, oom_killed, "process exited");
-            if oom_killed {
-                let _ = events.send(v1::Event {
-                    timestamp_unix_nanos: status.exited_at_unix_nanos,
-                    kind: Some(v1::event::Kind::OomKilled(v1::OomKilled {
-                        container_id: container_id.clone(),
-                    })),
-                });
-            }
             let _ = events.send(v1::Event {
                 timestamp_unix_nanos: status.exited_at_unix_nanos,
                 kind: Some(v1::event::Kind::ProcessExited(v1::ProcessExited {
