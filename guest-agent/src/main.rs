@@ -70,10 +70,14 @@ fn run(is_init: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("building the async runtime")?;
-    runtime.block_on(serve(params.vsock_port))
+    runtime.block_on(serve(params.vsock_port, is_init))
 }
 
-async fn serve(port: u32) -> anyhow::Result<()> {
+async fn serve(port: u32, is_init: bool) -> anyhow::Result<()> {
+    if is_init {
+        pid1::catch_ctrl_alt_del();
+        tokio::spawn(pid1::power_off_on_ctrl_alt_del());
+    }
     let reaper = Arc::new(reaper::Reaper::default());
     tokio::spawn({
         let reaper = reaper.clone();

@@ -207,6 +207,31 @@ pub fn mount_kernel_filesystems() -> Result<(), Pid1Error> {
     Ok(())
 }
 
+/// Makes Ctrl+Alt+Del (the VMM's graceful stop, through the i8042) a
+/// SIGINT to this process instead of an immediate reboot by the kernel, so
+/// that filesystems are synced first (see [`power_off_on_ctrl_alt_del`]).
+pub fn catch_ctrl_alt_del() {
+    if let Err(err) = nix::sys::reboot::set_cad_enabled(false) {
+        tracing::warn!(error = %err, "cannot take over Ctrl+Alt+Del; the kernel reboots at once on it");
+    }
+}
+
+/// Powers the VM off (synced) when the kernel passes on a Ctrl+Alt+Del.
+pub async fn power_off_on_ctrl_alt_del() {
+    let mut interrupts =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for Ctrl+Alt+Del");
+                return;
+            }
+        };
+    if interrupts.recv().await.is_some() {
+        tracing::info!("Ctrl+Alt+Del from the VMM: powering off");
+        power(PowerAction::PowerOff);
+    }
+}
+
 /// How the VM should end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PowerAction {
