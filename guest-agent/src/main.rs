@@ -75,8 +75,7 @@ fn run(is_init: bool) -> anyhow::Result<()> {
 
 async fn serve(port: u32, is_init: bool) -> anyhow::Result<()> {
     if is_init {
-        pid1::catch_ctrl_alt_del();
-        tokio::spawn(pid1::power_off_on_ctrl_alt_del());
+        pid1::power_off_on_ctrl_alt_del();
     }
     let reaper = Arc::new(reaper::Reaper::default());
     tokio::spawn({

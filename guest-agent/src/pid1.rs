@@ -208,28 +208,29 @@ pub fn mount_kernel_filesystems() -> Result<(), Pid1Error> {
 }
 
 /// Makes Ctrl+Alt+Del (the VMM's graceful stop, through the i8042) a
-/// SIGINT to this process instead of an immediate reboot by the kernel, so
-/// that filesystems are synced first (see [`power_off_on_ctrl_alt_del`]).
-pub fn catch_ctrl_alt_del() {
+/// SIGINT to this process instead of an immediate reboot by the kernel, and
+/// powers the VM off (synced) when it comes. The handler is in place before
+/// the kernel is told, so no key press falls between the two (the kernel
+/// drops signals to PID 1 that have no handler). Call from within the
+/// runtime, before serving.
+pub fn power_off_on_ctrl_alt_del() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupts = match signal(SignalKind::interrupt()) {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for Ctrl+Alt+Del; the kernel reboots at once on it");
+            return;
+        }
+    };
     if let Err(err) = nix::sys::reboot::set_cad_enabled(false) {
         tracing::warn!(error = %err, "cannot take over Ctrl+Alt+Del; the kernel reboots at once on it");
     }
-}
-
-/// Powers the VM off (synced) when the kernel passes on a Ctrl+Alt+Del.
-pub async fn power_off_on_ctrl_alt_del() {
-    let mut interrupts =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
-            Ok(stream) => stream,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for Ctrl+Alt+Del");
-                return;
-            }
-        };
-    if interrupts.recv().await.is_some() {
-        tracing::info!("Ctrl+Alt+Del from the VMM: powering off");
-        power(PowerAction::PowerOff);
-    }
+    tokio::spawn(async move {
+        if interrupts.recv().await.is_some() {
+            tracing::info!("Ctrl+Alt+Del from the VMM: powering off");
+            power(PowerAction::PowerOff);
+        }
+    });
 }
 
 /// How the VM should end.

@@ -560,9 +560,9 @@ fn stops_forced_and_graceful_with_a_bounded_wait() -> Result<()> {
     let sleeper = "#!/bin/busybox sh\necho HULL-IDLE\nwhile true; do /bin/busybox sleep 1; done\n";
     for (mode, expected) in [
         (StopKind::Forced, StopMode::Forced),
-        // The guest kernel has no keyboard driver, so Ctrl+Alt+Del goes
-        // unanswered and the bounded wait ends in a forced stop.
-        (StopKind::Graceful, StopMode::GracefulTimedOut),
+        // Ctrl+Alt+Del through the i8042: this init (busybox sh) leaves it
+        // to the kernel, which reboots; the VMM reports a graceful stop.
+        (StopKind::Graceful, StopMode::Graceful),
     ] {
         let mut vmm = Vmm::start()?;
         let mut config = base_config(sleeper, vmm.dir.path(), &[])?;
@@ -572,7 +572,7 @@ fn stops_forced_and_graceful_with_a_bounded_wait() -> Result<()> {
         let started = Instant::now();
         vmm.client()?.request(&ControlRequest::Stop {
             mode,
-            timeout_ms: Some(1000),
+            timeout_ms: Some(5000),
         })?;
         let (status, record) = vmm.wait_exit()?;
         assert!(status.success(), "{status}");
@@ -582,6 +582,42 @@ fn stops_forced_and_graceful_with_a_bounded_wait() -> Result<()> {
         );
         assert!(started.elapsed() < DEADLINE);
     }
+    Ok(())
+}
+
+#[test]
+fn a_graceful_stop_lets_the_agent_power_off() -> Result<()> {
+    require_kvm()?;
+    let initramfs = std::env::var("HULL_AGENT_INITRAMFS")
+        .context("HULL_AGENT_INITRAMFS: the agent initramfs (cargo xtask initramfs)")?;
+    let mut vmm = Vmm::start()?;
+    let mut config = base_config("", vmm.dir.path(), &[])?;
+    config.initramfs = Some(initramfs.into());
+    config.vcpus = 1;
+    config.vsock = Some(VsockConfig {
+        guest_cid: 3,
+        uds_path: vmm.path("vsock.sock"),
+    });
+    vmm.boot(config, &[])?;
+    vmm.wait_console("serving the agent protocol")?;
+    vmm.client()?.request(&ControlRequest::Stop {
+        mode: StopKind::Graceful,
+        timeout_ms: Some(10_000),
+    })?;
+    let (status, record) = vmm.wait_exit()?;
+    assert!(status.success(), "{status}");
+    let console = vmm.console();
+    assert_eq!(
+        record.context("no exit record")?.reason,
+        ExitReason::Stopped {
+            mode: StopMode::Graceful
+        },
+        "console:\n{console}"
+    );
+    assert!(
+        console.contains("Ctrl+Alt+Del from the VMM: powering off"),
+        "the agent did not handle the key press:\n{console}"
+    );
     Ok(())
 }
 

@@ -9,8 +9,11 @@ use crate::vstate::mptable::MAX_VCPUS;
 
 /// Arguments hull always puts first on the guest kernel command line.
 /// `reboot=k`: leave through the i8042 reset (the VMM ends the VM);
-/// `panic=-1`: reboot at once on panic (the VMM reports it as a panic).
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+/// `panic=-1`: reboot at once on panic (the VMM reports it as a panic);
+/// `i8042.*`: the keyboard (there for Ctrl+Alt+Del, the graceful stop) is
+/// probed without the mouse port, multiplexer or PnP, and never configured.
+pub const BASE_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
 /// The whole VM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -29,8 +29,14 @@ const KBD_ACK: u8 = 0xfa;
 const KBD_RESET_OK: u8 = 0xaa;
 const KBD_RESET: u8 = 0xff;
 
-/// Set-1 scancodes for pressing and releasing Ctrl, Alt and Delete.
-const CTRL_ALT_DEL: [u8; 8] = [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d];
+/// Scan code set 2 (what Linux's atkbd expects from a controller that does
+/// not translate, as this one: its control byte has no XLATE bit) for
+/// pressing Ctrl, Alt and Delete and releasing them (`0xf0`: release;
+/// `0xe0`: extended key).
+const CTRL_ALT_DEL: [u8; 11] = [
+    0x14, 0x11, 0xe0, 0x71, // press Ctrl, Alt, Delete
+    0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14, // release them
+];
 /// Bytes kept in the output buffer; more are dropped.
 const OUTPUT_CAPACITY: usize = 16;
 
