@@ -95,7 +95,10 @@ fn build_static_agent() -> Result<PathBuf> {
         .arg(&target_dir)
         // --target keeps these flags off build scripts and proc macros.
         // Symbols stripped: every pod VM holds the agent in guest RAM.
-        .env("RUSTFLAGS", "-C target-feature=+crt-static -C strip=symbols")
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C strip=symbols",
+        )
         .env("LIBSECCOMP_LINK_TYPE", "static")
         .env("LIBSECCOMP_LIB_PATH", "/usr/lib/x86_64-linux-gnu"))?;
     Ok(target_dir.join(TARGET).join("release").join("hull-agent"))

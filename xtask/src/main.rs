@@ -12,6 +12,7 @@ mod cache;
 mod deps;
 mod initramfs;
 mod kernel;
+mod node;
 mod test;
 mod testvm;
 mod util;
@@ -25,9 +26,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Bring up a hull node here, run a demo pod through its CRI socket, and
+    /// leave it running (`--stop` ends it).
+    Node(node::NodeArgs),
     /// Install the Debian packages hull's build, tests and dev node need.
     Deps,
-    /// Run a benchmark against its baseline: image-pull, vmm-boot.
+    /// Run a benchmark against its baseline: image-pull, vmm-boot, pod-start.
     Bench(bench::BenchArgs),
     /// Run the whole test suite: lints, unit and integration tests, VM tests.
     Test(test::TestArgs),
@@ -51,6 +55,7 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Node(args) => node::run_cli(args),
         Command::Deps => deps::install(),
         Command::Bench(args) => bench::run_cli(args),
         Command::Test(args) => test::run_all(args),

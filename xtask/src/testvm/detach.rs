@@ -1,10 +1,11 @@
 //! The dev node: a test VM left running in the background, with host unix
 //! sockets forwarded to unix sockets inside it.
 //!
-//! `cargo xtask vm-run --detach [--name N] [--forward-unix HOST=GUEST]... -- CMD`
-//! boots the VM with QEMU `-daemonize`, starts CMD inside, starts the host
-//! halves of the forwards (see [`super::proxy`]), waits until the VM is ready
-//! and prints the instance folder:
+//! `cargo xtask vm-run --detach [--name N] [--forward-unix HOST=GUEST]...
+//! [--host-port PORT]... -- CMD` boots the VM with QEMU `-daemonize`, starts
+//! CMD inside, starts the host halves of the forwards (see [`super::proxy`]),
+//! makes each host loopback PORT reachable at 127.0.0.1:PORT inside, waits
+//! until the VM is ready and prints the instance folder:
 //!
 //! ```text
 //! <cache>/testvm/instances/<name>/
@@ -26,7 +27,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::foreground::ControlEvent;
-use super::qemu::{self, PortSink, TcpForward, VmSpec};
+use super::qemu::{self, HOST_SERVICES_IP, PortSink, TcpForward, VmSpec};
 use super::{
     RunOptions, host_check, initramfs, job_environment, job_script, shell_quote, writable_shares,
 };
@@ -81,6 +82,7 @@ pub fn start(
     command: &[String],
     options: &RunOptions,
     forwards: &[UnixForward],
+    host_ports: &[u16],
 ) -> Result<PathBuf> {
     if name.is_empty() || name.contains(['/', '.']) {
         bail!("--name {name:?}: use letters, digits, dashes");
@@ -125,6 +127,12 @@ pub fn start(
             shell_quote(&forward.guest.to_string_lossy())
         ));
     }
+    for port in host_ports {
+        prelude.push(format!(
+            "{} testvm-proxy --listen-tcp 127.0.0.1:{port} --connect-tcp {HOST_SERVICES_IP}:{port} &",
+            shell_quote(&xtask.to_string_lossy())
+        ));
+    }
     let cwd = std::env::current_dir()?;
     let job = dir.join("job.sh");
     std::fs::write(
@@ -146,6 +154,8 @@ pub fn start(
         control: PortSink::File(control.clone()),
         console_log: console_log.clone(),
         forwards: tcp_forwards.clone(),
+        host_ports: host_ports.to_vec(),
+        host_port_proxy: format!("{} testvm-proxy --stdio --connect-tcp", xtask.display()),
         daemonize_pidfile: Some(dir.join("qemu.pid")),
     };
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -301,7 +311,9 @@ fn stop_proxies(dir: &Path) {
 
 /// The pid in `pid_file` if that process is alive and its command line
 /// contains `expect` (so a recycled pid is never signalled).
-fn live_pid(pid_file: &Path, expect: &str) -> Option<i32> {
+/// The pid in `pid_file` if that process still runs and its command line
+/// contains `expect` (a recycled pid is not taken for it).
+pub(crate) fn live_pid(pid_file: &Path, expect: &str) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(pid_file)
         .ok()?
         .trim()
@@ -316,7 +328,8 @@ fn process_matches(pid: i32, expect: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn terminate(pid: i32, grace: Duration) -> Result<()> {
+/// SIGTERM, then SIGKILL after `grace`.
+pub(crate) fn terminate(pid: i32, grace: Duration) -> Result<()> {
     let target = Pid::from_raw(pid);
     kill(target, Signal::SIGTERM).with_context(|| format!("cannot signal pid {pid}"))?;
     let deadline = Instant::now() + grace;

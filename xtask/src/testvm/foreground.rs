@@ -77,6 +77,8 @@ pub fn run(command: &[String], options: &RunOptions) -> Result<i32> {
         control: PortSink::Socket(sockets[2].clone()),
         console_log: console_log.clone(),
         forwards: Vec::new(),
+        host_ports: Vec::new(),
+        host_port_proxy: String::new(),
         daemonize_pidfile: None,
     };
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

@@ -37,7 +37,7 @@ pub mod suite;
 // `cargo xtask` building while the VMM is mid-change, and keeps it small.
 #[path = "../../../vm-runtime/src/host_check.rs"]
 #[allow(dead_code)]
-mod host_check;
+pub(crate) mod host_check;
 
 /// Set to `1` in CMD's environment when it runs inside the test VM.
 pub const IN_VM_ENV: &str = "HULL_TEST_VM";
@@ -109,6 +109,10 @@ pub struct VmRunArgs {
     /// (repeatable; needs --detach).
     #[arg(long = "forward-unix", value_name = "HOST=GUEST", requires = "detach")]
     forward_unix: Vec<String>,
+    /// Make a TCP port of the host's loopback reachable at the same
+    /// 127.0.0.1 port inside (repeatable; needs --detach).
+    #[arg(long = "host-port", value_name = "PORT", requires = "detach")]
+    host_port: Vec<u16>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -142,7 +146,13 @@ pub fn run_cli(args: VmRunArgs) -> Result<()> {
             .iter()
             .map(|spec| detach::UnixForward::parse(spec))
             .collect::<Result<Vec<_>>>()?;
-        let instance = detach::start(&args.name, &args.command, &options, &forwards)?;
+        let instance = detach::start(
+            &args.name,
+            &args.command,
+            &options,
+            &forwards,
+            &args.host_port,
+        )?;
         println!("{}", instance.display());
         return Ok(());
     }

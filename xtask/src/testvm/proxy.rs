@@ -10,7 +10,16 @@
 //! ```
 //!
 //! Both halves are this module, run as `cargo xtask testvm-proxy` (the guest
-//! runs the host's xtask binary, which it sees at the same path). Every
+//! runs the host's xtask binary, which it sees at the same path).
+//!
+//! The other direction, a guest reaching a TCP port on the host's loopback
+//! (the dev node's registry), goes through a QEMU `guestfwd` whose command is
+//! this proxy with `--stdio`:
+//!
+//! ```text
+//! guest: client → 127.0.0.1:PORT ─ proxy ─→ 10.0.2.100:PORT
+//! QEMU:  10.0.2.100:PORT ─ guestfwd cmd ─→ proxy --stdio ─→ host 127.0.0.1:PORT
+//! ``` Every
 //! accepted connection gets its own upstream connection and two copying
 //! threads, so any number of clients (e.g. concurrent gRPC channels) work.
 
@@ -26,6 +35,10 @@ use clap::Args;
 /// `cargo xtask testvm-proxy` (internal): one half of a forward.
 #[derive(Args, Debug)]
 pub struct ProxyArgs {
+    /// The client is this process's stdin and stdout (one connection: QEMU
+    /// runs one proxy per guest connection to a host port).
+    #[arg(long, conflicts_with_all = ["listen_unix", "listen_tcp"])]
+    stdio: bool,
     /// Listen on this unix socket path (replacing a stale socket file).
     #[arg(long, conflicts_with = "listen_tcp")]
     listen_unix: Option<PathBuf>,
@@ -90,6 +103,9 @@ pub fn run_cli(args: ProxyArgs) -> Result<()> {
         (None, Some(addr)) => Upstream::Tcp(addr.clone()),
         _ => bail!("give exactly one of --connect-unix and --connect-tcp"),
     };
+    if args.stdio {
+        return proxy_stdio(&upstream);
+    }
     match (&args.listen_unix, &args.listen_tcp) {
         (Some(path), None) => {
             if let Some(parent) = path.parent() {
@@ -122,6 +138,41 @@ pub fn run_cli(args: ProxyArgs) -> Result<()> {
         }
         _ => bail!("give exactly one of --listen-unix and --listen-tcp"),
     }
+    Ok(())
+}
+
+/// Copies stdin to `upstream` and `upstream` to stdout until both close.
+fn proxy_stdio(upstream: &Upstream) -> Result<()> {
+    let server = upstream
+        .connect()
+        .with_context(|| format!("cannot connect to {upstream:?}"))?;
+    let mut server_writer = server.try_clone_box()?;
+    let upward = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut server_writer);
+        server_writer.shutdown_write();
+    });
+    // Rust's stdout is line-buffered: flush every chunk, or binary
+    // responses would wait for a newline.
+    let mut server_reader = server;
+    let mut stdout = std::io::stdout().lock();
+    let mut buffer = [0u8; 64 * 1024];
+    loop {
+        match server_reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                if stdout
+                    .write_all(&buffer[..n])
+                    .and_then(|()| stdout.flush())
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let _ = upward.join();
     Ok(())
 }
 

@@ -17,6 +17,9 @@ use super::initramfs::BootFiles;
 
 /// Where the guest's address is on QEMU's user network (its default layout).
 pub const GUEST_IP: &str = "10.0.2.15";
+/// Where the guest reaches the host's loopback ports it was given
+/// ([`VmSpec::host_ports`]).
+pub const HOST_SERVICES_IP: &str = "10.0.2.100";
 
 /// Where the bytes of one virtio-serial port go on the host.
 #[derive(Debug, Clone)]
@@ -52,6 +55,12 @@ pub struct VmSpec {
     /// The kernel console (ttyS0) goes to this file.
     pub console_log: PathBuf,
     pub forwards: Vec<TcpForward>,
+    /// Host loopback ports the guest reaches at [`HOST_SERVICES_IP`]: for
+    /// each, QEMU runs `proxy_command` with the port appended per guest
+    /// connection (its stdin and stdout are the connection).
+    pub host_ports: Vec<u16>,
+    /// The command (no commas) joining a guest connection to a host port.
+    pub host_port_proxy: String,
     /// `-daemonize` with this pid file.
     pub daemonize_pidfile: Option<PathBuf>,
 }
@@ -126,7 +135,7 @@ pub fn kernel_cmdline(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<String> {
     if !tmpfs.is_empty() {
         words.push(format!("hull.tmpfs={}", tmpfs.join(",")));
     }
-    if !spec.forwards.is_empty() {
+    if !spec.forwards.is_empty() || !spec.host_ports.is_empty() {
         words.push(format!("hull.ip={GUEST_IP}"));
     }
     let cmdline = words.join(" ");
@@ -193,12 +202,24 @@ pub fn qemu_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>> {
         args.push("-device".into());
         args.push(format!("virtserialport,chardev={name},name=hull.{name}"));
     }
-    if !spec.forwards.is_empty() {
+    if !spec.forwards.is_empty() || !spec.host_ports.is_empty() {
         let mut netdev = "user,id=net0,restrict=on".to_string();
         for forward in &spec.forwards {
             netdev.push_str(&format!(
                 ",hostfwd=tcp:127.0.0.1:{}-{GUEST_IP}:{}",
                 forward.host_port, forward.guest_port
+            ));
+        }
+        if spec.host_port_proxy.contains(',') {
+            bail!(
+                "the host-port proxy command {:?} contains a comma",
+                spec.host_port_proxy
+            );
+        }
+        for port in &spec.host_ports {
+            netdev.push_str(&format!(
+                ",guestfwd=tcp:{HOST_SERVICES_IP}:{port}-cmd:{} 127.0.0.1:{port}",
+                spec.host_port_proxy
             ));
         }
         args.push("-netdev".into());
@@ -234,8 +255,34 @@ mod tests {
             control: PortSink::File("/c/runs/1/control".into()),
             console_log: "/c/runs/1/console.log".into(),
             forwards: vec![],
+            host_ports: vec![],
+            host_port_proxy: String::new(),
             daemonize_pidfile: None,
         }
+    }
+
+    #[test]
+    fn host_ports_are_reachable_through_a_guestfwd_command() {
+        let mut with_ports = spec();
+        with_ports.host_ports.push(5000);
+        with_ports.host_port_proxy = "/x/xtask testvm-proxy --stdio --connect-tcp".into();
+        let args: Vec<String> = qemu_args(&with_ports, None)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert!(
+            args.iter().any(|a| a
+                == "user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:5000-cmd:/x/xtask testvm-proxy --stdio --connect-tcp 127.0.0.1:5000"),
+            "{args:?}"
+        );
+        assert!(
+            kernel_cmdline(&with_ports, None)
+                .unwrap()
+                .contains("hull.ip=")
+        );
+        with_ports.host_port_proxy = "/a,b/xtask".into();
+        assert!(qemu_args(&with_ports, None).is_err());
     }
 
     #[test]
