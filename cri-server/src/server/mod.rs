@@ -7,8 +7,8 @@
 
 mod adopt;
 mod container_lifecycle;
-mod container_output;
 mod container_list;
+mod container_output;
 mod container_status;
 mod container_update;
 mod events;
