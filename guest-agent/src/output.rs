@@ -76,40 +76,33 @@ impl HeldOutput {
     /// output below is forgotten. Returns where each stream really starts
     /// (later than asked if the agent no longer holds what was asked for).
     pub fn resume(&self, from: [u64; 2]) -> Result<[u64; 2], StdioError> {
-        let mut streams = self.lock();
-        for (index, held) in streams.iter().enumerate() {
-            if from[index] > held.end() {
-                return Err(StdioError::OffsetBeyondOutput {
-                    stream: stream_name(index),
-                    offset: from[index],
-                    end: held.end(),
-                });
-            }
-        }
-        for (index, held) in streams.iter_mut().enumerate() {
-            held.forget_below(from[index]);
-        }
-        self.freed.notify_one();
+        let streams = self.forget_below_all(from)?;
         Ok([streams[STDOUT].start, streams[STDERR].start])
     }
 
     /// The reader has kept each stream up to `upto`.
     pub fn acknowledge(&self, upto: [u64; 2]) -> Result<(), StdioError> {
+        self.forget_below_all(upto).map(drop)
+    }
+
+    /// Forgets each stream's output below `offsets`, unless an offset is
+    /// beyond what the process has written (then nothing changes).
+    fn forget_below_all(&self, offsets: [u64; 2]) -> Result<MutexGuard<'_, [Held; 2]>, StdioError> {
         let mut streams = self.lock();
         for (index, held) in streams.iter().enumerate() {
-            if upto[index] > held.end() {
+            if offsets[index] > held.end() {
                 return Err(StdioError::OffsetBeyondOutput {
                     stream: stream_name(index),
-                    offset: upto[index],
+                    offset: offsets[index],
                     end: held.end(),
                 });
             }
         }
         for (index, held) in streams.iter_mut().enumerate() {
-            held.forget_below(upto[index]);
+            held.forget_below(offsets[index]);
         }
         self.freed.notify_one();
-        Ok(())
+        Ok(streams)
     }
 
     /// How many more bytes of each stream may be read.

@@ -61,15 +61,7 @@ pub fn run_cli(args: NodeArgs) -> Result<()> {
     std::fs::create_dir_all(node_dir.join("logs"))?;
     let kernel = kernel::build()?;
     let initramfs = initramfs::build(false)?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "cri-server",
-        "-p",
-        "vm-runtime",
-        "--bins",
-    ]))?;
+    crate::util::build_release_runtime()?;
     run(cargo().args([
         "build",
         "--release",

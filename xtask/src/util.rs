@@ -34,3 +34,17 @@ pub fn cargo() -> Command {
     cmd.current_dir(workspace_root());
     cmd
 }
+
+/// `cargo build --release` of hulld and hull-vmm (the dev node and the
+/// pod benchmark run the optimised binaries).
+pub fn build_release_runtime() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "cri-server",
+        "-p",
+        "vm-runtime",
+        "--bins",
+    ]))
+}

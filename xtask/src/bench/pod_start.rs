@@ -32,7 +32,7 @@ use anyhow::{Context, Result, bail};
 use super::{median, vmm_boot};
 use crate::kernel;
 use crate::testvm::{self, RunOptions, suite};
-use crate::util::{cargo, run, workspace_root};
+use crate::util::workspace_root;
 
 const INNER_ENV: &str = "HULL_POD_START_BENCH_INNER";
 /// The bench binary, for the inner run.
@@ -61,15 +61,7 @@ pub fn run_bench(runs: usize) -> Result<()> {
     }
     let kernel = kernel::build()?;
     let initramfs = crate::initramfs::build(false)?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "cri-server",
-        "-p",
-        "vm-runtime",
-        "--bins",
-    ]))?;
+    crate::util::build_release_runtime()?;
     let binary = suite::build_vm_bench("pod_start")?;
     let xtask = std::env::current_exe()?;
     let command = vec![
