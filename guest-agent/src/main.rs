@@ -10,6 +10,7 @@
 mod cmdline;
 mod container;
 mod files;
+mod network;
 mod output;
 mod pid1;
 mod reaper;

@@ -1,5 +1,6 @@
 //! Pod setup inside the VM (`SetupSandbox`): hostname and the pod's UTS and
-//! IPC namespaces, resolv.conf, hosts, /dev/shm, sysctls, the scratch disk.
+//! IPC namespaces, resolv.conf, hosts, /dev/shm, sysctls, the scratch disk,
+//! and the network (`lo`, interfaces, addresses, routes: see `network`).
 
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use hull_proto::v1;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 
+use crate::network::{self, NetworkError};
 use crate::storage::{self, StorageError};
 
 /// Longest hostname Linux accepts.
@@ -28,10 +30,6 @@ pub enum SandboxError {
     },
     #[error("{field} entry {value:?} holds a newline or control character")]
     BadConfigLine { field: &'static str, value: String },
-    #[error(
-        "guest network configuration (interfaces, routes) is not implemented yet; send them empty"
-    )]
-    NetworkNotImplemented,
     #[error("cannot create the pod's {kind} namespace")]
     Namespace {
         kind: &'static str,
@@ -46,6 +44,8 @@ pub enum SandboxError {
     },
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
 }
 
 fn write_file(path: &str, content: &str) -> Result<(), SandboxError> {
@@ -187,9 +187,7 @@ fn create_pod_namespaces(hostname: &str) -> Result<(), SandboxError> {
 
 /// Does everything `SetupSandbox` asks.
 pub fn setup(request: &v1::SetupSandboxRequest) -> Result<(), SandboxError> {
-    if !request.interfaces.is_empty() || !request.routes.is_empty() {
-        return Err(SandboxError::NetworkNotImplemented);
-    }
+    let network_plan = network::Plan::parse(&request.interfaces, &request.routes)?;
     if !request.hostname.is_empty() && !valid_hostname(&request.hostname) {
         return Err(SandboxError::BadHostname(request.hostname.clone()));
     }
@@ -200,6 +198,10 @@ pub fn setup(request: &v1::SetupSandboxRequest) -> Result<(), SandboxError> {
         .collect::<Result<_, _>>()?;
     let resolv = resolv_conf(&request.dns.clone().unwrap_or_default())?;
     let hosts = hosts_file(&request.hostname, &request.hosts)?;
+    // Matching the interfaces to the guest's links only reads: a MAC or
+    // device that is not there fails the request before anything changes.
+    let mut netlink = network::Netlink::open()?;
+    let network_steps = network_plan.resolve(&netlink.links()?)?;
 
     storage::mount_scratch(request.scratch_disk.as_ref())?;
     create_pod_namespaces(&request.hostname)?;
@@ -223,6 +225,8 @@ pub fn setup(request: &v1::SetupSandboxRequest) -> Result<(), SandboxError> {
             source,
         })?;
     }
+    // Before the sysctls, which may name the interfaces (net.ipv4.conf.eth0.*).
+    network::apply(&mut netlink, &network_steps)?;
     // Sysctls are set in the VM's namespaces, which are the pod's network
     // namespace; the IPC ones would need the pod's IPC namespace and are
     // rare in practice.

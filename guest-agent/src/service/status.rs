@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::container::ContainerError;
+use crate::network::NetworkError;
 use crate::sandbox::SandboxError;
 use crate::stdio::StdioError;
 use crate::storage::StorageError;
@@ -78,8 +79,10 @@ impl From<SandboxError> for Status {
             SandboxError::BadHostname(_)
             | SandboxError::BadSysctl(_)
             | SandboxError::BadConfigLine { .. } => Code::InvalidArgument,
-            SandboxError::NetworkNotImplemented => Code::Unimplemented,
             SandboxError::Storage(e) => storage_code(e),
+            SandboxError::Network(NetworkError::Invalid { .. }) => Code::InvalidArgument,
+            SandboxError::Network(NetworkError::NoSuchMac { .. }) => Code::NotFound,
+            SandboxError::Network(NetworkError::Netlink { .. }) => Code::Internal,
             SandboxError::Sysctl { .. }
             | SandboxError::Namespace { .. }
             | SandboxError::Io { .. } => Code::Internal,
@@ -152,10 +155,25 @@ mod tests {
             .code(),
             Code::NotFound
         );
-        assert_eq!(
-            Status::from(SandboxError::NetworkNotImplemented).code(),
-            Code::Unimplemented
+        let status = Status::from(SandboxError::Network(NetworkError::Invalid {
+            field: "routes[0].gateway".into(),
+            value: "fd00::1".into(),
+            reason: "is not of the destination's address family (0.0.0.0/0)".into(),
+        }));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .starts_with("routes[0].gateway \"fd00::1\": "),
+            "{}",
+            status.message()
         );
+        let status = Status::from(SandboxError::Network(NetworkError::Netlink {
+            action: "bring eth0 up".into(),
+            source: std::io::Error::from_raw_os_error(libc::EPERM),
+        }));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(status.message().starts_with("cannot bring eth0 up: "));
         assert_eq!(
             Status::from(StdioError::ReaderAttached).code(),
             Code::FailedPrecondition
