@@ -27,6 +27,8 @@ const INITRAMFS_ENV: &str = "HULL_AGENT_INITRAMFS";
 const AGENT_PORT: u32 = 1024;
 const IMAGE_SERIAL: &str = "hull-busybox";
 const IMAGE_MOUNT: &str = "/run/hull/images/busybox";
+/// The MAC of the guest's virtio-net device, as a CNI result would give it.
+const GUEST_MAC: &str = "52:54:00:12:34:56";
 /// Generous: a guest boots in ~2-3 s in the test VM; CI hosts are slower.
 const DEADLINE: Duration = Duration::from_secs(120);
 const PATH_ENV: &str = "PATH=/bin";
@@ -220,6 +222,25 @@ async fn drive_agent(address: AgentAddress) -> Result<()> {
                 servers: vec!["10.96.0.10".into()],
                 ..Default::default()
             }),
+            interfaces: vec![v1::Interface {
+                // Upper case: the agent matches MACs in either case.
+                mac_address: GUEST_MAC.to_uppercase(),
+                name: "eth0".into(),
+                addresses: vec!["10.0.2.15/24".into(), "fd00:88::5/64".into()],
+                mtu: 1400,
+            }],
+            routes: vec![
+                v1::Route {
+                    destination: "0.0.0.0/0".into(),
+                    gateway: "10.0.2.2".into(),
+                    device: String::new(),
+                },
+                v1::Route {
+                    destination: "10.96.0.0/12".into(),
+                    gateway: String::new(),
+                    device: "eth0".into(),
+                },
+            ],
             ..Default::default()
         })
         .await
@@ -234,6 +255,48 @@ async fn drive_agent(address: AgentAddress) -> Result<()> {
         })
         .await
         .context("MountImage")?;
+
+    // A container sees the network SetupSandbox made: the pod's network
+    // namespace is the VM's.
+    let probe = "cat /sys/class/net/eth0/mtu /sys/class/net/eth0/address; \
+                 ip -o addr show dev eth0; ip route; ip -o link show dev lo";
+    let (text, status) = run_to_end(
+        &mut client,
+        "c-net",
+        spec_json(&["sh", "-c", probe], |_| {})?,
+        "",
+    )
+    .await?;
+    ensure!(status.exit_code == 0, "{status:?} {text:?}");
+    for expected in [
+        "1400\n",
+        &format!("{GUEST_MAC}\n"),
+        "inet 10.0.2.15/24",
+        "inet6 fd00:88::5/64",
+        "default via 10.0.2.2 dev eth0",
+        "10.96.0.0/12 dev eth0",
+        "LOOPBACK,UP",
+    ] {
+        ensure!(text.contains(expected), "{expected:?} missing in {text:?}");
+    }
+    // A MAC the guest lacks is refused, naming the field and what is there.
+    let refused = client
+        .setup_sandbox(v1::SetupSandboxRequest {
+            interfaces: vec![v1::Interface {
+                mac_address: "52:54:00:00:00:99".into(),
+                name: "eth1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect_err("an unknown MAC is refused");
+    ensure!(
+        refused.code() == tonic::Code::NotFound
+            && refused.message().contains("interfaces[0]")
+            && refused.message().contains(GUEST_MAC),
+        "{refused:?}"
+    );
 
     // stdout, hostname and resolv.conf from the pod, exec, SIGTERM.
     let script = "trap 'echo got-term; exit 42' TERM; echo hello-from-container; hostname; \
@@ -501,9 +564,15 @@ fn agent_runs_containers_in_a_guest() -> Result<()> {
         read_only: true,
         serial: IMAGE_SERIAL.into(),
     }];
+    // The pod's network device: user networking restricted to the guest
+    // (nothing reaches the host or beyond); the agent configures it.
     config.extra_args = vec![
         "-device".into(),
         format!("vhost-vsock-device,guest-cid={cid}"),
+        "-netdev".into(),
+        "user,id=pod0,restrict=on".into(),
+        "-device".into(),
+        format!("virtio-net-device,netdev=pod0,mac={GUEST_MAC}"),
     ];
     let started = Instant::now();
     let mut vm = config.spawn()?;
