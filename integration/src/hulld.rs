@@ -187,6 +187,17 @@ impl Drop for Hulld {
     }
 }
 
+/// `PullImage` of `image` with neither credentials nor a sandbox config.
+pub fn pull_request(image: &str) -> k8s_cri::v1::PullImageRequest {
+    k8s_cri::v1::PullImageRequest {
+        image: Some(k8s_cri::v1::ImageSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// A gRPC channel over a unix socket (the URI is a placeholder tonic needs).
 pub async fn connect_unix(path: PathBuf) -> Channel {
     Endpoint::try_from("http://[::1]:50051")

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 
 use crate::guest::{guest_kernel, require_kvm};
-use crate::hulld::{Hulld, hulld_binary};
+use crate::hulld::{Hulld, hulld_binary, pull_request};
 use crate::registry::TestRegistry;
 use crate::test_image;
 
@@ -53,13 +53,7 @@ impl Node {
         hulld
             .images()
             .await
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: image.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
+            .pull_image(pull_request(&image))
             .await
             .expect("pull busybox");
         Node {

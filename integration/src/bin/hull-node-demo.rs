@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use hull_integration::hulld::connect_unix;
+use hull_integration::hulld::{connect_unix, pull_request};
 use k8s_cri::v1 as cri;
 
 const DEADLINE: Duration = Duration::from_secs(300);
@@ -104,13 +104,7 @@ async fn run_demo(socket: &Path, image: &str, log_dir: &Path) -> Result<()> {
 
     let started = Instant::now();
     let pulled = images
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .pull_image(pull_request(image))
         .await
         .with_context(|| format!("PullImage {image}"))?
         .into_inner();
