@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod host;
+pub mod network;
 pub mod pod;
 pub mod runtime_state;
 pub mod server;

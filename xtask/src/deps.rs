@@ -64,6 +64,11 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "CNI plugins for pod networking",
     ),
     ("iproute2", "network namespaces, tap devices"),
+    (
+        "iptables",
+        "the CNI portmap and bridge (ipMasq) plugins program it",
+    ),
+    ("iperf3", "bench net: TCP throughput pod to host and pod to pod"),
     ("containerd", "the baseline the benchmarks compare with"),
     (
         "attr",

@@ -1,0 +1,1 @@
+//! CNI: network configuration, plugin invocation and results.

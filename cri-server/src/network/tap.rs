@@ -1,0 +1,1 @@
+//! The tap device the pod VM's virtio-net uses, joined to the CNI interface.
