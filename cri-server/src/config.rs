@@ -36,6 +36,8 @@ pub struct Config {
     pub vm: VmSettings,
     /// RuntimeClass handlers and the VM size each selects.
     pub runtime_handlers: RuntimeHandlers,
+    /// Pod networking: CNI configuration, plugins, network namespaces.
+    pub cni: CniSettings,
 }
 
 impl Default for Config {
@@ -49,6 +51,33 @@ impl Default for Config {
             image: image_service::UnpackLimits::default(),
             vm: VmSettings::default(),
             runtime_handlers: RuntimeHandlers::new(),
+            cni: CniSettings::default(),
+        }
+    }
+}
+
+/// Pod networking through CNI plugins.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniSettings {
+    /// Network configurations: the first `.conflist`, `.conf` or `.json`
+    /// file in lexical order is the pod network.
+    pub conf_dir: PathBuf,
+    /// Where plugins are looked up, in order.
+    pub bin_dirs: Vec<PathBuf>,
+    /// One named network namespace per pod: `<netns_dir>/<pod id>`.
+    pub netns_dir: PathBuf,
+    /// How long one plugin call may take before it is killed.
+    pub plugin_timeout_secs: u64,
+}
+
+impl Default for CniSettings {
+    fn default() -> Self {
+        Self {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            netns_dir: PathBuf::from("/run/hull/netns"),
+            plugin_timeout_secs: 60,
         }
     }
 }
@@ -151,6 +180,8 @@ impl Config {
             ("vm.kernel", &self.vm.kernel),
             ("vm.initramfs", &self.vm.initramfs),
             ("vm.run_dir", &self.vm.run_dir),
+            ("cni.conf_dir", &self.cni.conf_dir),
+            ("cni.netns_dir", &self.cni.netns_dir),
         ] {
             if !value.is_absolute() {
                 return Err(invalid(key, "must be an absolute path"));
@@ -184,6 +215,15 @@ impl Config {
                     "must be at least 64",
                 ));
             }
+        }
+        if self.cni.bin_dirs.is_empty() || self.cni.bin_dirs.iter().any(|d| !d.is_absolute()) {
+            return Err(invalid(
+                "cni.bin_dirs",
+                "must list at least one directory, each an absolute path",
+            ));
+        }
+        if self.cni.plugin_timeout_secs == 0 {
+            return Err(invalid("cni.plugin_timeout_secs", "must be at least 1"));
         }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", &err.to_string()));
@@ -264,6 +304,23 @@ mod tests {
             err.contains("state_dir") && err.contains("absolute"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn cni_settings_are_checked() {
+        let err = parse("[cni]\nbin_dirs = []\n").unwrap_err().to_string();
+        assert!(err.contains("cni.bin_dirs"), "{err}");
+        let err = parse("[cni]\nbin_dirs = [\"opt/cni\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cni.bin_dirs"), "{err}");
+        let err = parse("[cni]\nplugin_timeout_secs = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cni.plugin_timeout_secs"), "{err}");
+        let config = parse("[cni]\nconf_dir = \"/etc/hull/net.d\"\n").unwrap();
+        assert_eq!(config.cni.conf_dir, PathBuf::from("/etc/hull/net.d"));
+        assert_eq!(config.cni.bin_dirs, CniSettings::default().bin_dirs);
     }
 
     #[test]
