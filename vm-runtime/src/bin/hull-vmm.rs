@@ -33,6 +33,10 @@ struct Args {
     /// Stay in the caller's session instead of starting a new one.
     #[arg(long)]
     no_setsid: bool,
+    /// A descriptor left open by the parent for the config file's
+    /// `{"passed_fd": N}` taps: the N-th `--pass-fd` (repeatable).
+    #[arg(long = "pass-fd", value_name = "FD")]
+    pass_fds: Vec<i32>,
 }
 
 fn main() -> Result<()> {
@@ -58,6 +62,7 @@ fn main() -> Result<()> {
         console_log: args.console_log,
         pid_file: args.pid_file,
         seccomp: !args.no_seccomp,
+        inherited_fds: args.pass_fds,
     })?;
     let code = match exit.record.reason {
         ExitReason::VmmError { .. } => 1,

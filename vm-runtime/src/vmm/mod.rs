@@ -7,6 +7,7 @@ pub mod events;
 pub mod report;
 pub mod timeline;
 
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +35,10 @@ pub struct VmmOptions {
     pub console_log: PathBuf,
     pub pid_file: Option<PathBuf>,
     pub seccomp: bool,
+    /// Descriptors the parent left open for the config-file boot, in the
+    /// order `TapSource::PassedFd` indexes them (a tap opened by hulld in
+    /// the pod's network namespace).
+    pub inherited_fds: Vec<RawFd>,
 }
 
 /// Why the VMM could not start at all.
@@ -41,6 +46,8 @@ pub struct VmmOptions {
 pub enum VmmError {
     #[error("give a control socket, a config file, or both")]
     NothingToDo,
+    #[error("--pass-fd {fd}: {reason}")]
+    InheritedFd { fd: RawFd, reason: String },
     #[error("cannot write the pid file {path}")]
     PidFile {
         path: String,
@@ -88,11 +95,41 @@ pub struct VmmExit {
     _vm: Option<Arc<VmHandle>>,
 }
 
+/// Takes ownership of the descriptors the parent passed down, after
+/// checking that each is open, not stdio, and named once.
+fn take_inherited_fds(fds: &[RawFd]) -> Result<Vec<OwnedFd>, VmmError> {
+    let mut owned = Vec::with_capacity(fds.len());
+    for (i, &fd) in fds.iter().enumerate() {
+        let refuse = |reason: &str| VmmError::InheritedFd {
+            fd,
+            reason: reason.to_string(),
+        };
+        if fd <= 2 {
+            return Err(refuse("standard input, output and error cannot be passed"));
+        }
+        if fds[..i].contains(&fd) {
+            return Err(refuse("named twice"));
+        }
+        // SAFETY: F_GETFD only reads the descriptor's flags; an fd that is
+        // not open yields EBADF and nothing else happens.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(refuse("not an open file descriptor"));
+        }
+        // SAFETY: the fd is open (checked above), was inherited from the
+        // parent for this purpose, is not stdio, appears once in the list,
+        // and nothing else in this process has wrapped it: this OwnedFd is
+        // its only owner.
+        owned.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    Ok(owned)
+}
+
 /// Runs the VMM until its VM ends; returns the exit record it wrote.
 pub fn run(options: VmmOptions) -> Result<VmmExit, VmmError> {
     if options.api_sock.is_none() && options.config_file.is_none() {
         return Err(VmmError::NothingToDo);
     }
+    let passed_fds = take_inherited_fds(&options.inherited_fds)?;
     privileges::drop_bounding_set();
     if let Some(path) = &options.pid_file {
         exit_record::write_atomic(path, format!("{}\n", std::process::id()).as_bytes()).map_err(
@@ -136,10 +173,7 @@ pub fn run(options: VmmOptions) -> Result<VmmExit, VmmError> {
             source,
         })?;
         timeline.mark(BootPhase::BootRequested);
-        let request = BootRequest {
-            config,
-            passed_fds: Vec::new(),
-        };
+        let request = BootRequest { config, passed_fds };
         match builder::build(request, &env, events.clone(), timeline.clone()) {
             Ok(handle) => {
                 *lock(&shared.vm) = Some(handle.clone());
@@ -323,5 +357,26 @@ mod tests {
             guest_exit_reason(GuestEvent::Failed("x".into()), None),
             ExitReason::VmmError { .. }
         ));
+    }
+
+    #[test]
+    fn inherited_fds_must_be_open_distinct_and_not_stdio() {
+        use std::os::fd::IntoRawFd;
+        let open = || std::fs::File::open("/dev/null").unwrap().into_raw_fd();
+        let (a, b) = (open(), open());
+        let owned = take_inherited_fds(&[a, b]).unwrap();
+        assert_eq!(owned.len(), 2);
+        drop(owned);
+        // Far above any descriptor this process has open.
+        let err = take_inherited_fds(&[999_999]).unwrap_err().to_string();
+        assert!(
+            err.contains("--pass-fd 999999") && err.contains("not an open"),
+            "{err}"
+        );
+        let err = take_inherited_fds(&[1]).unwrap_err().to_string();
+        assert!(err.contains("standard"), "{err}");
+        let c = open();
+        let err = take_inherited_fds(&[c, c]).unwrap_err().to_string();
+        assert!(err.contains("named twice"), "{err}");
     }
 }
