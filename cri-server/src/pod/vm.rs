@@ -4,7 +4,7 @@
 //! The VMM is started detached (its own session) so that it outlives hulld;
 //! hulld finds it again from the pod record (pid + start time, paths).
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use vm_runtime::control::{ControlClient, ControlRequest, StopKind};
 use vm_runtime::exit_record::{ExitReason, ExitRecord};
-use vm_runtime::vmm::config::{DriveConfig, VmConfig, VsockConfig};
+use vm_runtime::vmm::config::{DriveConfig, NetConfig, TapSource, VmConfig, VsockConfig};
 
 use crate::vm_config::{VmSettings, VmShape};
 
@@ -24,6 +24,9 @@ use crate::vm_config::{VmSettings, VmShape};
 const GUEST_CID: u32 = 3;
 /// The scratch disk's drive id (also its virtio serial in the guest).
 pub const SCRATCH_DRIVE: &str = "scratch";
+/// The id of the pod VM's network device (the virtio-net device for the CNI
+/// interface).
+pub const POD_NIC: &str = "eth0";
 /// The oldest agent protocol (v1 minor) hulld drives: host mounts need
 /// ReadFile and RemoveFile (minor 2), ExecSync sends only the args of an
 /// exec and relies on the rest coming from the container (minor 3).
@@ -228,13 +231,14 @@ pub async fn launch(
     paths: &PodPaths,
     settings: &VmSettings,
     shape: &VmShape,
+    nic: Option<PodNic>,
     place: impl FnOnce(&mut std::process::Command) -> std::io::Result<()>,
 ) -> Result<StartedVm, VmError> {
     for dir in [&paths.state, &paths.run] {
         create_private_dir(dir)?;
     }
     make_scratch_disk(&paths.scratch_disk(), settings.scratch_disk_mib).await?;
-    let config = vm_config(paths, settings, shape);
+    let config = vm_config(paths, settings, shape, nic.as_ref().map(|n| n.mac.as_str()));
     let config_json = serde_json::to_vec_pretty(&config).expect("VM config serializes");
     crate::store::atomic::write_atomic(&paths.vm_config(), &config_json).map_err(|source| {
         VmError::Files {
@@ -276,6 +280,9 @@ pub async fn launch(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
+    if let Some(nic) = &nic {
+        pass_tap(&mut command, nic);
+    }
     place(&mut command).map_err(|source| VmError::Spawn {
         binary: binary.clone(),
         source,
@@ -313,8 +320,48 @@ pub async fn launch(
     })
 }
 
+/// The pod's network device: a tap opened in the pod's network namespace,
+/// and the MAC of the CNI interface it stands in for.
+pub struct PodNic {
+    pub tap: OwnedFd,
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+}
+
+/// The descriptor number the tap gets in the VMM (`--pass-fd`).
+const TAP_FD_IN_VMM: RawFd = 3;
+
+/// Hands the tap to the VMM as its descriptor 3.
+fn pass_tap(command: &mut std::process::Command, nic: &PodNic) {
+    use std::os::unix::process::CommandExt;
+    let tap = nic.tap.as_raw_fd();
+    command.arg("--pass-fd").arg(TAP_FD_IN_VMM.to_string());
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only dup2 and fcntl, which are async-signal-safe; `tap` stays open in
+    // the parent (owned by `nic`) until spawn returns, so it is open in the
+    // child. dup2 onto 3 clears close-on-exec of the copy; when the tap is
+    // already 3, its flag is cleared by hand.
+    unsafe {
+        command.pre_exec(move || {
+            if tap == TAP_FD_IN_VMM {
+                if libc::fcntl(tap, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(tap, TAP_FD_IN_VMM) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The VMM's boot configuration for this pod.
-pub fn vm_config(paths: &PodPaths, settings: &VmSettings, shape: &VmShape) -> VmConfig {
+pub fn vm_config(
+    paths: &PodPaths,
+    settings: &VmSettings,
+    shape: &VmShape,
+    nic_mac: Option<&str>,
+) -> VmConfig {
     let mut drives = vec![DriveConfig {
         id: SCRATCH_DRIVE.to_string(),
         path: Some(paths.scratch_disk()),
@@ -340,7 +387,14 @@ pub fn vm_config(paths: &PodPaths, settings: &VmSettings, shape: &VmShape) -> Vm
             guest_cid: GUEST_CID,
             uds_path: paths.vsock_socket(),
         }),
-        net: Vec::new(),
+        net: nic_mac
+            .map(|mac| NetConfig {
+                id: POD_NIC.to_string(),
+                tap: TapSource::PassedFd(0),
+                mac: Some(mac.to_string()),
+            })
+            .into_iter()
+            .collect(),
         rng: true,
     }
 }
@@ -711,7 +765,7 @@ mod tests {
         let paths = PodPaths::new(Path::new("/s"), Path::new("/r"), "abc");
         let settings = VmSettings::default();
         let shape = VmShape::for_pod(&settings, None, None);
-        let config = vm_config(&paths, &settings, &shape);
+        let config = vm_config(&paths, &settings, &shape, None);
         assert_eq!(config.drives.len(), 1 + settings.drive_slots as usize);
         assert_eq!(config.drives[0].id, SCRATCH_DRIVE);
         assert!(!config.drives[0].read_only);
@@ -724,6 +778,18 @@ mod tests {
         assert_eq!(
             config.vsock.unwrap().uds_path,
             Path::new("/r/abc/vsock.sock")
+        );
+        assert!(config.net.is_empty());
+
+        // With a network: one virtio-net on the passed tap, the CNI MAC.
+        let config = vm_config(&paths, &settings, &shape, Some("0a:58:0a:58:00:05"));
+        assert_eq!(
+            config.net,
+            vec![NetConfig {
+                id: POD_NIC.into(),
+                tap: TapSource::PassedFd(0),
+                mac: Some("0a:58:0a:58:00:05".into()),
+            }]
         );
     }
 

@@ -184,7 +184,7 @@ impl CriService {
         self.sandboxes
             .update(id, |r| r.status.cgroup = Some(cgroup_path.clone().into()))?;
 
-        let started = vm::launch(paths, &self.config.vm, shape, |command| {
+        let started = vm::launch(paths, &self.config.vm, shape, None, |command| {
             cgroup.place_child(command).map_err(std::io::Error::other)
         })
         .await
