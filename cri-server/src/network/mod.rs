@@ -11,4 +11,5 @@
 
 pub mod cni;
 pub mod netns;
+mod rtnl;
 pub mod tap;
