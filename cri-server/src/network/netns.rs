@@ -8,7 +8,8 @@
 //! The namespace is created on a dedicated thread (`unshare(CLONE_NEWNET)`
 //! affects only the calling thread), and [`PodNetns::run_in`] enters it on a
 //! fresh thread that exits afterwards: no thread of hulld ever stays in a
-//! pod's namespace.
+//! pod's namespace. Everything here blocks (threads joined, mount and
+//! netlink calls): async callers use `tokio::task::spawn_blocking`.
 //!
 //! The directory is made a mount point with shared propagation, as
 //! `ip netns` does with `/run/netns`. Why: every mount namespace created

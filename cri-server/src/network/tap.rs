@@ -17,6 +17,9 @@
 //!
 //! The tap is not persistent: it lives as long as an fd on it, i.e. the VMM
 //! that got [`TapLink::fd`] (the fd is passed as `TapSource::PassedFd`).
+//!
+//! [`connect`] and [`disconnect`] block (a thread in the pod's namespace,
+//! netlink round trips): async callers use `tokio::task::spawn_blocking`.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -319,7 +322,8 @@ impl<'a> Session<'a> {
                     NLM_F_CREATE | NLM_F_EXCL,
                 )
                 .map_err(self.fail(format!(
-                    "add a filter redirecting everything from {from} to the other device"
+                    "add a u32 filter redirecting everything from {from} to the other \
+                     device (kernel modules cls_u32, act_mirred)"
                 )))?;
         }
         Ok(TapLink {
@@ -434,7 +438,9 @@ impl<'a> Session<'a> {
                 RouteNetlinkMessage::NewQueueDiscipline(ingress_qdisc(index)),
                 NLM_F_CREATE | NLM_F_EXCL,
             )
-            .map_err(self.fail(format!("add an ingress qdisc to {name}")))
+            .map_err(self.fail(format!(
+                "add an ingress qdisc to {name} (kernel module sch_ingress)"
+            )))
     }
 }
 
