@@ -291,12 +291,8 @@ impl<'a> Session<'a> {
         let tap_index = self
             .rtnl
             .link_by_name(tap_name)
+            .and_then(|link| link.ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV)))
             .map_err(self.fail(format!("find the new tap {tap_name}")))?
-            .ok_or_else(|| {
-                self.fail(format!("find the new tap {tap_name}"))(io::Error::from_raw_os_error(
-                    libc::ENODEV,
-                ))
-            })?
             .index;
         self.rtnl
             .request(
