@@ -114,6 +114,14 @@ for dir in $(echo "$tmpfs" | tr ',' ' '); do
     mount -t tmpfs -o mode=0755 tmpfs "/newroot$dir" || fail "cannot mount tmpfs on $dir"
 done
 
+# Modules the kernel asks for on demand (veth, bridge, netfilter, tc...)
+# come from the host's /lib/modules: the kernel's modprobe helper runs in
+# this initramfs root, so it enters the new root first.
+rm -f /sbin/modprobe
+printf '#!/bin/busybox sh\nexec /bin/busybox chroot /newroot /sbin/modprobe "$@"\n' > /sbin/modprobe
+chmod 755 /sbin/modprobe
+echo /sbin/modprobe > /proc/sys/kernel/modprobe
+
 ip link set lo up
 if [ -n "$guest_ip" ]; then
     ip link set eth0 up && ip addr add "$guest_ip/24" dev eth0 && ip route add default via "${guest_ip%.*}.2" \
