@@ -233,9 +233,9 @@ async fn attach_and_detach() {
             .expect("bridge CHECK"),
         CheckOutcome::Passed
     );
-    // portmap before 1.2 fails CHECK of an IPv4-only pod when ip6tables
-    // works, looking for IPv6 rules ADD never made
-    // (containernetworking/plugins#819); Debian bookworm ships 1.1.1.
+    // portmap 1.1.1 (Debian bookworm's) fails CHECK of an IPv4-only pod
+    // when ip6tables works, looking for IPv6 rules ADD never made
+    // (containernetworking/plugins#819); fixed releases pass.
     match cni.check(&network, &attachment, &result).await {
         Ok(outcome) => assert_eq!(outcome, CheckOutcome::Passed),
         Err(CniError::Plugin { plugin, msg, .. })
