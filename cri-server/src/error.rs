@@ -46,6 +46,12 @@ pub enum CriError {
         #[source]
         source: crate::pod::vm::VmError,
     },
+    #[error("pod sandbox {pod}: network: {source}")]
+    PodNetwork {
+        pod: String,
+        #[source]
+        source: Box<crate::server::PodNetworkError>,
+    },
     #[error("pod sandbox {pod}: host cgroup: {source}")]
     Cgroup {
         pod: String,
@@ -99,6 +105,7 @@ impl CriError {
             CriError::NameInUse { .. } => Code::AlreadyExists,
             CriError::PodVm { .. }
             | CriError::Cgroup { .. }
+            | CriError::PodNetwork { .. }
             | CriError::Log { .. }
             | CriError::Internal { .. } => Code::Internal,
             CriError::HostMount { .. } | CriError::Spec { .. } => Code::InvalidArgument,

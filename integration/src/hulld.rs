@@ -94,9 +94,25 @@ impl Hulld {
         self.child.as_ref().expect("hulld is running").id()
     }
 
+    /// The CNI configuration directory of this hulld (empty at start: the
+    /// pods get loopback only until a test writes a network there).
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.path().join("net.d")
+    }
+
     fn write_config(&self) {
+        // Never the machine's own CNI config or namespace directory.
+        let cni = if self.extra_config.contains("[cni]") {
+            String::new()
+        } else {
+            format!(
+                "[cni]\nconf_dir = {:?}\nnetns_dir = {:?}\n",
+                self.cni_conf_dir(),
+                self.dir.path().join("netns")
+            )
+        };
         let config = format!(
-            "socket_path = {:?}\nstate_dir = {:?}\n{}\n[log]\nlevel = \"debug\"\n",
+            "socket_path = {:?}\nstate_dir = {:?}\n{}\n{cni}[log]\nlevel = \"debug\"\n",
             self.socket_path(),
             self.state_dir(),
             self.extra_config

@@ -27,6 +27,11 @@ pub struct Node {
     run_dir: PathBuf,
 }
 
+/// The subnet of [`Node::start_with_network`]'s pods.
+pub const POD_SUBNET: &str = "10.88.7.0/24";
+/// The node's bridge for those pods.
+pub const TEST_BRIDGE: &str = "hulltest0";
+
 impl Node {
     pub async fn start() -> Node {
         require_kvm().expect("these tests need a working KVM");
@@ -84,6 +89,64 @@ impl Node {
             }),
             ..Default::default()
         }
+    }
+
+    /// A node whose pods join a CNI network: Debian's bridge plugin with
+    /// host-local addresses from [`POD_SUBNET`] (gateway on the node's
+    /// bridge) and portmap. Its leases live in hulld's directory.
+    pub async fn start_with_network() -> Node {
+        let node = Node::start().await;
+        let conf_dir = node.hulld.cni_conf_dir();
+        std::fs::create_dir_all(&conf_dir).expect("CNI conf dir");
+        let network = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "hull-test",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": TEST_BRIDGE,
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "hairpinMode": true,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": POD_SUBNET}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": node.hulld.dir().join("ipam"),
+                    }
+                },
+                {"type": "portmap", "capabilities": {"portMappings": true}}
+            ]
+        });
+        std::fs::write(
+            conf_dir.join("10-hull-test.conflist"),
+            serde_json::to_vec_pretty(&network).unwrap(),
+        )
+        .expect("write the CNI network");
+        node
+    }
+
+    /// The pod's IPs as PodSandboxStatus reports them.
+    pub async fn pod_ips(&self, id: &str) -> Vec<String> {
+        let network = self
+            .hulld
+            .runtime()
+            .await
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner()
+            .status
+            .expect("status")
+            .network
+            .unwrap_or_default();
+        std::iter::once(network.ip)
+            .filter(|ip| !ip.is_empty())
+            .chain(network.additional_ips.into_iter().map(|ip| ip.ip))
+            .collect()
     }
 
     pub async fn run_pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {

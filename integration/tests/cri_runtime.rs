@@ -53,7 +53,58 @@ async fn status_tells_the_truth_about_kvm_and_network() {
     }
     assert!(!network.status);
     assert_eq!(network.reason, "NetworkPluginNotReady");
+    assert!(
+        network.message.contains("no CNI network config")
+            && network
+                .message
+                .contains(&hulld.cni_conf_dir().display().to_string()),
+        "{}",
+        network.message
+    );
     assert!(status.info["config"].contains("socket_path"));
+
+    // A broken network config: not ready, the file named.
+    let conf_dir = hulld.cni_conf_dir();
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::write(
+        conf_dir.join("10-broken.conflist"),
+        "{\"cniVersion\": \"1.0.0\"",
+    )
+    .unwrap();
+    let network = network_condition(&hulld).await;
+    assert!(!network.status);
+    assert!(
+        network.message.contains("10-broken.conflist"),
+        "{}",
+        network.message
+    );
+
+    // A good one comes first in lexical order: ready.
+    std::fs::write(
+        conf_dir.join("05-pods.conflist"),
+        r#"{"cniVersion": "1.0.0", "name": "pods", "plugins": [{"type": "bridge"}]}"#,
+    )
+    .unwrap();
+    let network = network_condition(&hulld).await;
+    assert!(network.status, "{network:?}");
+    assert!(network.reason.is_empty() && network.message.is_empty());
+}
+
+async fn network_condition(hulld: &Hulld) -> cri::RuntimeCondition {
+    let status = hulld
+        .runtime()
+        .await
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    status
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("NetworkReady condition")
 }
 
 #[tokio::test]

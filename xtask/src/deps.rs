@@ -68,7 +68,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "iptables",
         "the CNI portmap and bridge (ipMasq) plugins program it",
     ),
-    ("iperf3", "bench net: TCP throughput pod to host and pod to pod"),
+    (
+        "iperf3",
+        "bench net: TCP throughput pod to host and pod to pod",
+    ),
     ("containerd", "the baseline the benchmarks compare with"),
     (
         "attr",

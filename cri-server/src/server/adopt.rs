@@ -50,6 +50,7 @@ impl CriService {
                 SandboxState::NotReady => self.tear_down_pod(&id).await,
             }
         }
+        self.remove_stray_netns().await;
     }
 
     /// A RunPodSandbox that hulld did not finish: its caller never got an

@@ -19,6 +19,7 @@ mod image_pull;
 mod image_remove;
 mod image_status;
 mod not_yet;
+mod pod_network;
 mod runtime_config;
 mod sandbox_lifecycle;
 mod sandbox_list;
@@ -44,6 +45,8 @@ use crate::runtime_state::RuntimeState;
 use crate::store::RecordStore;
 use crate::store::container::ContainerRecord;
 use crate::store::sandbox::SandboxRecord;
+
+pub use pod_network::PodNetworkError;
 
 /// How many container events a slow GetContainerEvents client may lag behind
 /// before it misses some.

@@ -87,6 +87,21 @@ impl CriService {
                     })?,
             )
         };
+        let network_mode = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|c| c.namespace_options.as_ref())
+            .map(|o| o.network);
+        if network_mode == Some(cri::NamespaceMode::Node as i32) {
+            return Err(CriError::InvalidField {
+                field: "config.linux.security_context.namespace_options.network",
+                reason: "hostNetwork pods cannot share the node's network stack: every hull pod \
+                         runs in its own VM with its own kernel (run it with another runtime \
+                         through a RuntimeClass)"
+                    .to_string(),
+            });
+        }
         if let Some(reason) = self.host.kvm_problem() {
             return Err(CriError::KvmUnusable {
                 reason: reason.to_string(),
@@ -184,7 +199,12 @@ impl CriService {
         self.sandboxes
             .update(id, |r| r.status.cgroup = Some(cgroup_path.clone().into()))?;
 
-        let started = vm::launch(paths, &self.config.vm, shape, None, |command| {
+        let network = self.set_up_pod_network(id, config).await?;
+        let (nic, interfaces, routes) = match network {
+            Some(n) => (Some(n.nic), n.interfaces, n.routes),
+            None => (None, Vec::new(), Vec::new()),
+        };
+        let started = vm::launch(paths, &self.config.vm, shape, nic, |command| {
             cgroup.place_child(command).map_err(std::io::Error::other)
         })
         .await
@@ -220,8 +240,8 @@ impl CriService {
                     options: dns.options,
                 }),
                 hosts: Vec::new(),
-                interfaces: Vec::new(),
-                routes: Vec::new(),
+                interfaces,
+                routes,
                 sysctls: linux.sysctls.clone(),
                 scratch_disk: Some(agent::BlockDevice {
                     source: Some(agent::block_device::Source::Serial(
@@ -306,6 +326,9 @@ impl CriService {
             Ok(id) => id,
         };
         self.stop_pod(&id).await;
+        // A CNI DEL that failed in the teardown above is retried here and
+        // reported, so the kubelet stops the pod again.
+        self.tear_down_pod_network(&id).await?;
         let now = now_nanos();
         for container in self.containers.list() {
             if container.metadata.sandbox_id == id
@@ -375,6 +398,9 @@ impl CriService {
             && vm_record.process.is_alive()
         {
             vm::shut_down(&vm_record.paths, &vm_record.process, None, Duration::ZERO).await;
+        }
+        if let Err(err) = self.tear_down_pod_network(id).await {
+            tracing::warn!(pod = id, error = %err, "cannot tear down the pod's network");
         }
         if let Some(path) = &record.status.cgroup {
             let opened = CgroupRoot::detect()

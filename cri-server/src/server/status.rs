@@ -30,11 +30,23 @@ impl CriService {
                 message: reason.to_string(),
             },
         };
+        let network_problem = match self.network_config() {
+            Ok(Some(_)) => None,
+            Ok(None) => Some(format!(
+                "no CNI network config found in {}",
+                self.config.cni.conf_dir.display()
+            )),
+            Err(err) => Some(crate::error::error_chain(&err)),
+        };
         let network_ready = cri::RuntimeCondition {
             r#type: "NetworkReady".into(),
-            status: false,
-            reason: NETWORK_NOT_READY_REASON.into(),
-            message: "hull does not set up pod networks (CNI) in this build".into(),
+            status: network_problem.is_none(),
+            reason: if network_problem.is_some() {
+                NETWORK_NOT_READY_REASON.into()
+            } else {
+                String::new()
+            },
+            message: network_problem.unwrap_or_default(),
         };
         let mut info = HashMap::new();
         if request.verbose {

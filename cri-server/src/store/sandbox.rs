@@ -40,12 +40,28 @@ pub struct SandboxStatus {
     /// The pod's host cgroup directory, once created.
     #[serde(default)]
     pub cgroup: Option<std::path::PathBuf>,
+    /// The pod's network, from the moment its namespace is about to be made.
+    #[serde(default)]
+    pub network: Option<PodNetworkRecord>,
     /// Why the sandbox is not ready (CamelCase), when its VM ended under it.
     #[serde(default)]
     pub reason: String,
     /// Detail of `reason`.
     #[serde(default)]
     pub message: String,
+}
+
+/// What hulld keeps of a pod's network in the sandbox record.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PodNetworkRecord {
+    /// The pod's network namespace (a bind mount in `cni.netns_dir`).
+    pub netns: std::path::PathBuf,
+    /// The CNI ADD result, once ADD succeeded (DEL passes it back).
+    #[serde(default)]
+    pub result: Option<crate::network::cni::CniResult>,
+    /// CNI DEL succeeded: later stops do not call it again.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// What hulld needs to find and drive a pod's VM again after a restart.

@@ -67,8 +67,8 @@ pub fn run_vm_tests() -> Result<()> {
             .iter()
             .map(|b| shell_quote(&b.display().to_string())),
     );
-    // hulld's cgroup tests need a real cgroup v2 hierarchy they may write:
-    // the test VM's, not the host's.
+    // hulld's cgroup and network tests need a cgroup v2 hierarchy they may
+    // write, network namespaces, iptables and tc: the test VM's, not the host's.
     command.push(format!(
         "{} {HOST_CGROUP_TESTS} --ignored",
         shell_quote(&build_cri_server_unit_tests()?.display().to_string())
@@ -81,7 +81,7 @@ pub fn run_vm_tests() -> Result<()> {
 }
 
 /// The `#[ignore]`d unit tests of hulld that run in the test VM.
-const HOST_CGROUP_TESTS: &str = "pod::cgroup";
+const HOST_CGROUP_TESTS: &str = "pod::cgroup network::";
 
 /// `sh -c RUNNER vm-tests CRATE_DIR TEST...`: runs each TEST (a quoted
 /// command line: a test binary and its arguments), reports the failures at
