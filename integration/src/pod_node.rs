@@ -150,7 +150,20 @@ impl Node {
     }
 
     pub async fn run_pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {
-        let config = self.pod_config(name);
+        self.run_pod_with(self.pod_config(name)).await
+    }
+
+    /// RunPodSandbox with `config` (e.g. [`Node::pod_config`] with port
+    /// mappings added).
+    pub async fn run_pod_with(
+        &self,
+        config: cri::PodSandboxConfig,
+    ) -> (String, cri::PodSandboxConfig) {
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         let id = self
             .hulld
             .runtime()
