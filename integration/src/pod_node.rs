@@ -21,7 +21,7 @@ pub const DEADLINE: Duration = Duration::from_secs(120);
 
 pub struct Node {
     pub hulld: Hulld,
-    _registry: TestRegistry,
+    registry: TestRegistry,
     pub image: String,
     logs: tempfile::TempDir,
     run_dir: PathBuf,
@@ -63,7 +63,7 @@ impl Node {
             .expect("pull busybox");
         Node {
             hulld,
-            _registry: registry,
+            registry,
             image,
             logs: tempfile::tempdir().expect("log dir"),
             run_dir,
@@ -124,6 +124,24 @@ impl Node {
         )
         .expect("write the CNI network");
         node
+    }
+
+    /// Pushes `spec` to the node's registry as `repo_tag` and pulls it
+    /// through the CRI; returns the reference containers name.
+    pub async fn add_image(&self, repo_tag: &str, spec: &test_image::ImageSpec) -> String {
+        let image = spec.build().expect("build the test image");
+        test_image::Pusher::for_url(&self.registry.url(), None)
+            .push_image(repo_tag, &image)
+            .await
+            .expect("push the test image");
+        let reference = format!("{}/{repo_tag}", self.registry.host());
+        self.hulld
+            .images()
+            .await
+            .pull_image(pull_request(&reference))
+            .await
+            .unwrap_or_else(|s| panic!("pull {reference}: {s:?}"));
+        reference
     }
 
     /// The pod's IPs as PodSandboxStatus reports them.

@@ -756,6 +756,58 @@ pub fn busybox_image() -> Result<ImageSpec, TestImageError> {
         .cmd(&["sh"]))
 }
 
+/// The busybox image plus host programs (`/usr/bin/iperf3`, ...) with the
+/// shared libraries `ldd` lists for them, at their host paths: a test image
+/// for tools that have no static build.
+pub fn busybox_with_host_programs(programs: &[&str]) -> Result<ImageSpec, TestImageError> {
+    let mut files: Vec<String> = Vec::new();
+    for program in programs {
+        files.push(program.to_string());
+        let ldd = std::process::Command::new("ldd")
+            .arg(program)
+            .output()
+            .map_err(|source| TestImageError::Read {
+                path: (*program).into(),
+                source,
+            })?;
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            // "libx.so.1 => /lib/x86_64-linux-gnu/libx.so.1 (0x...)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x...)".
+            let path = line
+                .split("=>")
+                .last()
+                .and_then(|rest| rest.split_whitespace().next())
+                .filter(|p| p.starts_with('/'));
+            if let Some(path) = path {
+                files.push(path.to_string());
+            }
+        }
+    }
+    let mut layer = Layer::new();
+    let mut dirs = std::collections::BTreeSet::new();
+    for file in &files {
+        let relative = file.trim_start_matches('/');
+        let mut dir = std::path::Path::new(relative).parent();
+        while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(d.to_string_lossy().into_owned());
+            dir = d.parent();
+        }
+    }
+    for dir in &dirs {
+        layer = layer.dir(dir, 0o755);
+    }
+    for file in &files {
+        // Follow symlinks: the image gets the library's content at the
+        // name the program asks for.
+        let content = std::fs::read(file).map_err(|source| TestImageError::Read {
+            path: file.into(),
+            source,
+        })?;
+        layer = layer.file(file.trim_start_matches('/'), content, 0o755);
+    }
+    Ok(busybox_image()?.layer(layer))
+}
+
 /// Builds the busybox image and pushes it to `registry_url`
 /// (`http://127.0.0.1:5000`) as `repo_tag` (`busybox:latest`). Returns the
 /// manifest digest.

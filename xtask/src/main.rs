@@ -31,7 +31,7 @@ enum Command {
     Node(node::NodeArgs),
     /// Install the Debian packages hull's build, tests and dev node need.
     Deps,
-    /// Run a benchmark against its baseline: image-pull, vmm-boot, pod-start.
+    /// Run a benchmark against its baseline: image-pull, vmm-boot, pod-start, net.
     Bench(bench::BenchArgs),
     /// Run the whole test suite: lints, unit and integration tests, VM tests.
     Test(test::TestArgs),

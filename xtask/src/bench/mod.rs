@@ -5,6 +5,7 @@
 //! a few times from cold state (fresh roots) and reports the median.
 
 mod image_pull;
+mod net;
 mod pod_start;
 mod vmm_boot;
 
@@ -14,7 +15,7 @@ use clap::Args;
 /// Arguments of `cargo xtask bench`.
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Which benchmark: image-pull, pod-start, vmm-boot.
+    /// Which benchmark: image-pull, net, pod-start, vmm-boot.
     name: String,
     /// Runs per side; the median is reported (default 3; pod-start: 10).
     #[arg(long)]
@@ -35,9 +36,10 @@ pub fn run_cli(args: BenchArgs) -> Result<()> {
     }
     match args.name.as_str() {
         "image-pull" => image_pull::run(runs, args.megabytes),
+        "net" => net::run_bench(),
         "pod-start" => pod_start::run_bench(runs),
         "vmm-boot" => vmm_boot::run_bench(runs),
-        other => bail!("unknown benchmark {other:?}; known: image-pull, pod-start, vmm-boot"),
+        other => bail!("unknown benchmark {other:?}; known: image-pull, net, pod-start, vmm-boot"),
     }
 }
 
