@@ -80,10 +80,18 @@ pub fn run_cli(args: NodeArgs) -> Result<()> {
         DEMO_IMAGE,
     ]))?;
 
+    let cni_dir = node_dir.join("net.d");
+    std::fs::create_dir_all(&cni_dir)?;
+    std::fs::write(cni_dir.join("10-hull-node.conflist"), NODE_NETWORK)?;
     let config = node_dir.join("hulld.toml");
     std::fs::write(
         &config,
-        hulld_config(&kernel.vmlinux, &initramfs, &release.join("hull-vmm")),
+        hulld_config(
+            &kernel.vmlinux,
+            &initramfs,
+            &release.join("hull-vmm"),
+            &cni_dir,
+        ),
     )?;
     let hulld = release.join("hulld");
     let native = host_check::check().is_usable();
@@ -111,9 +119,32 @@ fn node_dir() -> PathBuf {
     cache_root().join("node")
 }
 
+/// The node's pod network: Debian's bridge plugin on `hull0` with
+/// host-local addresses (leases on /run's tmpfs) and portmap for hostPorts.
+const NODE_NETWORK: &str = r#"{
+  "cniVersion": "1.0.0",
+  "name": "hull-node",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "hull0",
+      "isGateway": true,
+      "ipMasq": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "10.89.0.0/24"}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
+        "dataDir": "/run/hull/ipam"
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+"#;
+
 /// hulld's config for the node. State and pod folders keep their defaults
 /// (inside the test VM those are on its tmpfs and vanish with it).
-fn hulld_config(vmlinux: &Path, initramfs: &Path, vmm: &Path) -> String {
+fn hulld_config(vmlinux: &Path, initramfs: &Path, vmm: &Path, cni_dir: &Path) -> String {
     format!(
         "# Written by `cargo xtask node`.\n\
          socket_path = {SOCKET:?}\n\n\
@@ -123,10 +154,13 @@ fn hulld_config(vmlinux: &Path, initramfs: &Path, vmm: &Path) -> String {
          vmm_binary = {:?}\n\
          # Pod VMs boot under nested emulation here: allow for it.\n\
          start_timeout_secs = 120\n\
-         scratch_disk_mib = 2048\n",
+         scratch_disk_mib = 2048\n\n\
+         [cni]\n\
+         conf_dir = {:?}\n",
         vmlinux.display().to_string(),
         initramfs.display().to_string(),
         vmm.display().to_string(),
+        cni_dir.display().to_string(),
     )
 }
 
@@ -307,14 +341,28 @@ mod tests {
             Path::new("/c/kernel/vmlinux"),
             Path::new("/t/initramfs.cpio"),
             Path::new("/t/release/hull-vmm"),
+            Path::new("/c/node/net.d"),
         );
         let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(value["cni"]["conf_dir"].as_str(), Some("/c/node/net.d"));
         assert_eq!(value["socket_path"].as_str(), Some(SOCKET));
         assert_eq!(value["vm"]["kernel"].as_str(), Some("/c/kernel/vmlinux"));
         assert_eq!(
             value["vm"]["vmm_binary"].as_str(),
             Some("/t/release/hull-vmm")
         );
+    }
+
+    #[test]
+    fn the_node_network_is_a_cni_list_with_bridge_and_portmap() {
+        let list: serde_json::Value = serde_json::from_str(NODE_NETWORK).unwrap();
+        let types: Vec<&str> = list["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["bridge", "portmap"]);
     }
 
     #[test]

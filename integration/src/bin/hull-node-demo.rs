@@ -20,7 +20,8 @@ const DEADLINE: Duration = Duration::from_secs(300);
 const SCRIPT: &str = "echo \"hello from pod $(hostname)\"; \
 echo \"kernel: $(uname -r) ($(cat /proc/sys/kernel/random/boot_id))\"; \
 echo \"memory: $(grep MemTotal /proc/meminfo)\"; \
-echo \"cpus: $(nproc)\"";
+echo \"cpus: $(nproc)\"; \
+echo \"eth0: $(ip -o -4 addr show dev eth0 2>/dev/null | awk '{print $4}')\"";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
@@ -139,10 +140,25 @@ async fn run_demo(socket: &Path, image: &str, log_dir: &Path) -> Result<()> {
         .context("RunPodSandbox")?
         .into_inner()
         .pod_sandbox_id;
+    let elapsed = started.elapsed();
+    let network = runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .context("PodSandboxStatus")?
+        .into_inner()
+        .status
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .filter(|ip| !ip.is_empty())
+        .map(|ip| format!(", pod IP {ip}"))
+        .unwrap_or_else(|| ", no pod network".to_string());
     println!(
-        "pod {} running in its own VM after {:.1} s",
+        "pod {} running in its own VM after {:.1} s{network}",
         short(&pod),
-        started.elapsed().as_secs_f64()
+        elapsed.as_secs_f64()
     );
     let result = run_container(&mut runtime, &pod, &pod_config, image, &pod_log_dir).await;
     // The pod goes whatever happened to the container.
