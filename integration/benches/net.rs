@@ -20,8 +20,6 @@ use hull_integration::test_image;
 const IPERF: &str = "/usr/bin/iperf3";
 const SECONDS: u32 = 5;
 const PORT: u16 = 5201;
-/// The node's address on the pods' bridge (the CNI gateway).
-const NODE_IP: &str = "10.88.7.1";
 const NETNS: [&str; 2] = ["hull-bench-net-a", "hull-bench-net-b"];
 
 fn main() -> Result<()> {
@@ -47,6 +45,7 @@ async fn measure_pods() -> Result<(f64, f64)> {
     let spec = test_image::busybox_with_host_programs(&[IPERF])
         .context("an image with iperf3 (Debian's iperf3 package)")?;
     let image = node.add_image("iperf:1", &spec).await;
+    let node_ip = node.gateway();
     let (a, a_config) = node.run_pod("bench-a").await;
     let (b, b_config) = node.run_pod("bench-b").await;
     let b_ip = node
@@ -63,7 +62,7 @@ async fn measure_pods() -> Result<(f64, f64)> {
 
     // Pod → node: the node's iperf3 server on the bridge address.
     let server = Command::new(IPERF)
-        .args(["-s", "-1", "-J", "-B", NODE_IP, "-p", &PORT.to_string()])
+        .args(["-s", "-1", "-J", "-B", &node_ip, "-p", &PORT.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .context("starting iperf3 on the node")?;
@@ -74,7 +73,7 @@ async fn measure_pods() -> Result<(f64, f64)> {
             &a_config,
             container(
                 "to-node",
-                format!("iperf3 -c {NODE_IP} -p {PORT} -t {SECONDS}"),
+                format!("iperf3 -c {node_ip} -p {PORT} -t {SECONDS}"),
             ),
         )
         .await;

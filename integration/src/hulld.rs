@@ -100,15 +100,22 @@ impl Hulld {
         self.dir.path().join("net.d")
     }
 
+    /// A CNI plugin directory of this hulld's own, looked up before the
+    /// system's: tests put plugins of their own there.
+    pub fn cni_bin_dir(&self) -> PathBuf {
+        self.dir.path().join("cni-bin")
+    }
+
     fn write_config(&self) {
         // Never the machine's own CNI config or namespace directory.
         let cni = if self.extra_config.contains("[cni]") {
             String::new()
         } else {
             format!(
-                "[cni]\nconf_dir = {:?}\nnetns_dir = {:?}\n",
+                "[cni]\nconf_dir = {:?}\nnetns_dir = {:?}\nbin_dirs = [{:?}, \"/opt/cni/bin\", \"/usr/lib/cni\"]\n",
                 self.cni_conf_dir(),
-                self.dir.path().join("netns")
+                self.dir.path().join("netns"),
+                self.cni_bin_dir(),
             )
         };
         let config = format!(

@@ -25,12 +25,15 @@ pub struct Node {
     pub image: String,
     logs: tempfile::TempDir,
     run_dir: PathBuf,
+    /// Which network of this process the node's pods join (see
+    /// [`Node::start_with_network`]).
+    network_index: u8,
 }
 
-/// The subnet of [`Node::start_with_network`]'s pods.
-pub const POD_SUBNET: &str = "10.88.7.0/24";
-/// The node's bridge for those pods.
-pub const TEST_BRIDGE: &str = "hulltest0";
+/// Networks handed out to the nodes of this process: each node with a
+/// network gets its own bridge and /24, so nodes of concurrent tests never
+/// share addresses.
+static NETWORKS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 impl Node {
     pub async fn start() -> Node {
@@ -67,6 +70,7 @@ impl Node {
             image,
             logs: tempfile::tempdir().expect("log dir"),
             run_dir,
+            network_index: 0,
         }
     }
 
@@ -92,38 +96,70 @@ impl Node {
     }
 
     /// A node whose pods join a CNI network: Debian's bridge plugin with
-    /// host-local addresses from [`POD_SUBNET`] (gateway on the node's
-    /// bridge) and portmap. Its leases live in hulld's directory.
+    /// host-local addresses from a /24 of its own (gateway on the node's
+    /// bridge, see [`Node::gateway`]) and portmap. Its leases live in
+    /// hulld's directory.
     pub async fn start_with_network() -> Node {
-        let node = Node::start().await;
-        let conf_dir = node.hulld.cni_conf_dir();
+        let mut node = Node::start().await;
+        node.network_index = NETWORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        node.write_network(&[]);
+        node
+    }
+
+    /// The bridge on the node that this node's pods are ports of.
+    pub fn bridge(&self) -> String {
+        format!("hulltest{}", self.network_index)
+    }
+
+    /// The first three octets of the pods' /24, e.g. `10.88.7`.
+    pub fn subnet_prefix(&self) -> String {
+        format!("10.88.{}", 7 + u16::from(self.network_index))
+    }
+
+    /// The node's address on the pods' bridge (their gateway).
+    pub fn gateway(&self) -> String {
+        format!("{}.1", self.subnet_prefix())
+    }
+
+    /// (Re)writes the CNI network of [`Node::start_with_network`], with
+    /// `first_plugins` (plugin configs) chained before bridge and portmap.
+    pub fn write_network(&self, first_plugins: &[serde_json::Value]) {
+        let conf_dir = self.hulld.cni_conf_dir();
         std::fs::create_dir_all(&conf_dir).expect("CNI conf dir");
-        let network = serde_json::json!({
+        let mut network = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "hull-test",
             "plugins": [
                 {
                     "type": "bridge",
-                    "bridge": TEST_BRIDGE,
+                    "bridge": self.bridge(),
                     "isGateway": true,
                     "ipMasq": false,
                     "hairpinMode": true,
                     "ipam": {
                         "type": "host-local",
-                        "ranges": [[{"subnet": POD_SUBNET}]],
+                        "ranges": [[{"subnet": format!("{}.0/24", self.subnet_prefix())}]],
                         "routes": [{"dst": "0.0.0.0/0"}],
-                        "dataDir": node.hulld.dir().join("ipam"),
+                        "dataDir": self.ipam_dir(),
                     }
                 },
                 {"type": "portmap", "capabilities": {"portMappings": true}}
             ]
         });
+        let plugins = network["plugins"].as_array_mut().expect("plugins");
+        for (i, plugin) in first_plugins.iter().enumerate() {
+            plugins.insert(i, plugin.clone());
+        }
         std::fs::write(
             conf_dir.join("10-hull-test.conflist"),
             serde_json::to_vec_pretty(&network).unwrap(),
         )
         .expect("write the CNI network");
-        node
+    }
+
+    /// host-local's lease directory of the network.
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.hulld.dir().join("ipam")
     }
 
     /// Pushes `spec` to the node's registry as `repo_tag` and pulls it

@@ -47,7 +47,9 @@ impl CriService {
                 SandboxState::Starting => self.drop_interrupted_start(&id).await,
                 SandboxState::Ready => self.adopt_pod(sandbox).await,
                 // Its VM ended before; only leftovers to clean.
-                SandboxState::NotReady => self.tear_down_pod(&id).await,
+                SandboxState::NotReady => {
+                    let _ = self.tear_down_pod(&id).await;
+                }
             }
         }
         self.remove_stray_netns().await;
@@ -60,7 +62,7 @@ impl CriService {
             pod = id,
             "removing a pod sandbox whose start was interrupted by a hulld restart"
         );
-        self.tear_down_pod(id).await;
+        let _ = self.tear_down_pod(id).await;
         let paths = self.pod_paths(id);
         if let Err(err) = vm::remove_files(&paths) {
             tracing::warn!(pod = id, error = %err, "cannot remove the pod's files");
@@ -90,7 +92,7 @@ impl CriService {
             let end = vm::read_end(&vm_record.paths, &vm_record.process, oom_killed);
             tracing::warn!(pod = id, "the pod's VM ended while hulld was not running");
             self.pod_vm_ended(&id, &end).await;
-            self.tear_down_pod(&id).await;
+            let _ = self.tear_down_pod(&id).await;
             return;
         }
         let agent = match vm::reconnect(&vm_record.paths).await {
@@ -109,7 +111,7 @@ impl CriService {
                     oom_killed: false,
                 };
                 self.pod_vm_ended(&id, &end).await;
-                self.tear_down_pod(&id).await;
+                let _ = self.tear_down_pod(&id).await;
                 return;
             }
         };

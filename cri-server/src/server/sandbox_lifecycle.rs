@@ -158,7 +158,7 @@ impl CriService {
             Err(err) => {
                 // A failed RunPodSandbox leaves nothing behind: the kubelet
                 // will retry with a new attempt.
-                self.tear_down_pod(&id).await;
+                let _ = self.tear_down_pod(&id).await;
                 let _ = self.sandboxes.remove(&id);
                 Err(err)
             }
@@ -325,10 +325,9 @@ impl CriService {
             Err(err) => return Err(err.into()),
             Ok(id) => id,
         };
-        self.stop_pod(&id).await;
-        // A CNI DEL that failed in the teardown above is retried here and
-        // reported, so the kubelet stops the pod again.
-        self.tear_down_pod_network(&id).await?;
+        // A failed CNI DEL is reported, so the kubelet stops the pod again
+        // (and DEL is retried then); the containers are stopped regardless.
+        let teardown = self.stop_pod(&id).await;
         let now = now_nanos();
         for container in self.containers.list() {
             if container.metadata.sandbox_id == id
@@ -353,12 +352,14 @@ impl CriService {
         self.sandboxes.update(&id, |r| {
             r.status.state = SandboxState::NotReady;
         })?;
+        teardown?;
         tracing::info!(pod = id, "pod sandbox stopped");
         Ok(cri::StopPodSandboxResponse {})
     }
 
-    /// Ends the pod's VM if it runs (idempotent).
-    async fn stop_pod(self: &Arc<Self>, id: &str) {
+    /// Ends the pod's VM if it runs and tears down its network (idempotent).
+    /// The error is the network's: everything else is done regardless.
+    async fn stop_pod(self: &Arc<Self>, id: &str) -> Result<(), CriError> {
         if let Some(pod) = self.pods.get(id) {
             pod.mark_stopping();
             let _guard = pod.lock.lock().await;
@@ -377,7 +378,7 @@ impl CriService {
             self.pods.remove(id);
         }
         // A VMM hulld does not drive (e.g. left by an interrupted start).
-        self.tear_down_pod(id).await;
+        self.tear_down_pod(id).await
     }
 
     /// Where a pod's files are: from its record, or where this config puts
@@ -389,17 +390,20 @@ impl CriService {
             .unwrap_or_else(|| PodPaths::new(&self.config.pods_dir(), &self.config.vm.run_dir, id))
     }
 
-    /// Kills whatever is left of a pod's VM and cgroup, from its record.
-    pub(super) async fn tear_down_pod(&self, id: &str) {
+    /// Kills whatever is left of a pod's VM and cgroup, from its record, and
+    /// tears down its network. Returns the network's error (logged too): a
+    /// failed CNI DEL is retried by the next call.
+    pub(super) async fn tear_down_pod(&self, id: &str) -> Result<(), CriError> {
         let Some(record) = self.sandboxes.get(id) else {
-            return;
+            return Ok(());
         };
         if let Some(vm_record) = &record.status.vm
             && vm_record.process.is_alive()
         {
             vm::shut_down(&vm_record.paths, &vm_record.process, None, Duration::ZERO).await;
         }
-        if let Err(err) = self.tear_down_pod_network(id).await {
+        let network = self.tear_down_pod_network(id).await;
+        if let Err(err) = &network {
             tracing::warn!(pod = id, error = %err, "cannot tear down the pod's network");
         }
         if let Some(path) = &record.status.cgroup {
@@ -410,6 +414,7 @@ impl CriService {
                 Err(err) => tracing::debug!(pod = id, error = %err, "pod cgroup already gone"),
             }
         }
+        network
     }
 
     pub async fn remove_pod_sandbox(
@@ -422,8 +427,9 @@ impl CriService {
             Err(err) => return Err(err.into()),
             Ok(id) => id,
         };
-        // Removing a running sandbox stops it first, as containerd does.
-        self.stop_pod(&id).await;
+        // Removing a running sandbox stops it first, as containerd does; a
+        // network that cannot be torn down keeps the record for a retry.
+        self.stop_pod(&id).await?;
         for container in self.containers.list() {
             if container.metadata.sandbox_id == id {
                 self.containers.remove(&container.metadata.id)?;

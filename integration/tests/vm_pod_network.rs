@@ -1,0 +1,275 @@
+//! Pod networking through hulld's CRI socket with Debian's CNI plugins
+//! (bridge + host-local + portmap) in the test VM: pod IPs, traffic between
+//! pods and from the node through each pod's tap and VM, hostPorts, and
+//! teardown that leaves nothing behind, a failed CNI DEL included.
+//!
+//! Needs a working KVM (`cargo xtask test` runs it in the test VM); see
+//! `hull_integration::pod_node`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hull_integration::pod_node::Node;
+use k8s_cri::v1 as cri;
+
+/// Pods on a CNI network (Debian's bridge + host-local + portmap in the
+/// test VM): their IPs, pod to pod and node to pod traffic through the tap
+/// and the VM, a hostPort, and a teardown that leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_on_a_cni_network_reach_each_other_and_the_node() {
+    let node = Node::start_with_network().await;
+    let (a, a_config) = node.run_pod("net-a").await;
+    let mut b_config = node.pod_config("net-b");
+    b_config.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port: HOST_PORT as i32,
+        host_ip: String::new(),
+    }];
+    let (b, b_config) = node.run_pod_with(b_config).await;
+    let (a_ips, b_ips) = (node.pod_ips(&a).await, node.pod_ips(&b).await);
+    assert!(
+        a_ips.len() == 1 && a_ips[0].starts_with(&format!("{}.", node.subnet_prefix())),
+        "{a_ips:?}"
+    );
+    assert!(
+        b_ips.len() == 1 && b_ips[0].starts_with(&format!("{}.", node.subnet_prefix())),
+        "{b_ips:?}"
+    );
+    assert_ne!(a_ips, b_ips);
+    let b_ip = b_ips[0].clone();
+
+    // Pod B serves HTTP on its own IP, inside its VM.
+    node.run_container(
+        &b,
+        &b_config,
+        "server",
+        "mkdir -p /srv && echo served-by-pod-b > /srv/index.html && httpd -f -p 8080 -h /srv",
+    )
+    .await;
+    // Pod A's container sees its CNI address on eth0 and reaches pod B.
+    let client = node
+        .run_container(
+            &a,
+            &a_config,
+            "client",
+            &format!(
+                "ip -o -4 addr show dev eth0; ip route; \
+                 for i in $(seq 30); do timeout 5 wget -q -O - http://{b_ip}:8080/ && exit 0; sleep 1; done; exit 1"
+            ),
+        )
+        .await;
+    let status = node.wait_exited(&client).await;
+    let log = node.log_of("net-a", "client");
+    assert_eq!(status.exit_code, 0, "{log}\n{}", node.hulld.log());
+    assert!(log.contains(&format!("inet {}/24", a_ips[0])), "{log}");
+    let default_route = format!("default via {} dev eth0", node.gateway());
+    assert!(log.contains(&default_route), "{log}");
+    assert!(log.contains("served-by-pod-b"), "{log}");
+
+    // The node reaches the pod by its IP, through the bridge, and through
+    // the hostPort on its own address (portmap's DNAT).
+    let body = http_get(&b_ip, 8080).await;
+    assert!(body.contains("served-by-pod-b"), "{body}");
+    let body = http_get(&node.gateway(), HOST_PORT).await;
+    assert!(body.contains("served-by-pod-b"), "{body}");
+
+    // Stop and remove: the namespaces and veths go, stop again is a no-op.
+    for pod in [&a, &b] {
+        for _ in 0..2 {
+            node.hulld
+                .runtime()
+                .await
+                .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: pod.to_string(),
+                })
+                .await
+                .expect("StopPodSandbox");
+        }
+        node.hulld
+            .runtime()
+            .await
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod.to_string(),
+            })
+            .await
+            .expect("RemovePodSandbox");
+    }
+    let netns_left: Vec<_> = std::fs::read_dir(node.hulld.dir().join("netns"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(netns_left.is_empty(), "{netns_left:?}");
+    let veths = ports_of(&node.bridge());
+    assert!(
+        veths.is_empty(),
+        "veths left on {}: {veths:?}",
+        node.bridge()
+    );
+}
+
+/// The pod's hostPort in the network test.
+const HOST_PORT: u16 = 18080;
+
+/// `GET /` from the node; a few tries, for the first ARP exchanges through
+/// a fresh bridge port.
+async fn http_get(ip: &str, port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut errors = Vec::new();
+    for _ in 0..5 {
+        let attempt = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut stream = tokio::net::TcpStream::connect((ip, port)).await?;
+            stream
+                .write_all(b"GET / HTTP/1.0\r\nHost: pod\r\n\r\n")
+                .await?;
+            let mut body = String::new();
+            stream.read_to_string(&mut body).await?;
+            Ok::<_, std::io::Error>(body)
+        })
+        .await;
+        match attempt {
+            Ok(Ok(body)) => return body,
+            Ok(Err(err)) => errors.push(err.to_string()),
+            Err(_) => errors.push("no answer within 10 s".to_string()),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("the node cannot reach {ip}:{port}: {errors:?}");
+}
+
+/// A plugin that fails its first DEL (CNI error 11) and passes everything
+/// else on: chained first, its ADD result is empty and the bridge's is the
+/// pod's.
+const FLAKY_DEL_PLUGIN: &str = r#"#!/bin/sh
+cat > /dev/null
+case "$CNI_COMMAND" in
+ADD) echo '{"cniVersion": "1.0.0"}' ;;
+DEL)
+    if [ ! -e "$0.failed" ]; then
+        touch "$0.failed"
+        echo '{"cniVersion": "1.0.0", "code": 11, "msg": "injected DEL failure"}'
+        exit 1
+    fi ;;
+VERSION) echo '{"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0"]}' ;;
+esac
+exit 0
+"#;
+
+/// 20 pods with a hostPort started and removed leave no namespace, veth,
+/// iptables rule or address lease; a CNI DEL that fails fails
+/// StopPodSandbox and RemovePodSandbox, keeps the namespace, and the next
+/// stop retries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_networks_leave_nothing_behind_and_a_failed_del_is_retried() {
+    let node = Node::start_with_network().await;
+    let mut ids = Vec::new();
+    for cycle in 0..20 {
+        let mut config = node.pod_config(&format!("cycle-{cycle}"));
+        config.port_mappings = vec![cri::PortMapping {
+            protocol: cri::Protocol::Tcp as i32,
+            container_port: 80,
+            host_port: 18100,
+            host_ip: String::new(),
+        }];
+        let (pod, _) = node.run_pod_with(config).await;
+        assert_eq!(node.pod_ips(&pod).await.len(), 1, "cycle {cycle}");
+        stop(&node, &pod).await.expect("StopPodSandbox");
+        remove(&node, &pod).await.expect("RemovePodSandbox");
+        ids.push(pod);
+    }
+    assert_eq!(
+        entries(&node.hulld.dir().join("netns")),
+        Vec::<String>::new()
+    );
+    let veths = ports_of(&node.bridge());
+    assert!(
+        veths.is_empty(),
+        "veths left on {}: {veths:?}",
+        node.bridge()
+    );
+    let rules = String::from_utf8(
+        std::process::Command::new("iptables-save")
+            .output()
+            .expect("iptables-save")
+            .stdout,
+    )
+    .unwrap();
+    for id in &ids {
+        assert!(!rules.contains(id.as_str()), "rules of {id} left:\n{rules}");
+    }
+    let leases: Vec<String> = entries(&node.ipam_dir().join("hull-test"))
+        .into_iter()
+        .filter(|name| name.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    assert!(leases.is_empty(), "address leases left: {leases:?}");
+
+    // DEL fails once: Stop and Remove say so and keep what DEL needs.
+    let bin = node.hulld.cni_bin_dir();
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("flaky-del"), FLAKY_DEL_PLUGIN).unwrap();
+    std::process::Command::new("chmod")
+        .args(["755"])
+        .arg(bin.join("flaky-del"))
+        .status()
+        .unwrap();
+    node.write_network(&[serde_json::json!({"type": "flaky-del"})]);
+    let (pod, _) = node.run_pod("del-retry").await;
+    let err = stop(&node, &pod).await.expect_err("the first DEL fails");
+    assert!(err.message().contains("injected DEL failure"), "{err:?}");
+    assert!(node.hulld.dir().join("netns").join(&pod).exists());
+    let state = node.pod_state(&pod).await;
+    assert_eq!(state, cri::PodSandboxState::SandboxNotready as i32);
+    stop(&node, &pod)
+        .await
+        .expect("the second stop retries DEL");
+    assert!(!node.hulld.dir().join("netns").join(&pod).exists());
+    remove(&node, &pod).await.expect("RemovePodSandbox");
+    let log = node.hulld.log();
+    assert!(
+        log.contains("injected DEL failure"),
+        "hulld logged the failure"
+    );
+}
+
+async fn stop(node: &Node, pod: &str) -> Result<(), tonic::Status> {
+    node.hulld
+        .runtime()
+        .await
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.to_string(),
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn remove(node: &Node, pod: &str) -> Result<(), tonic::Status> {
+    node.hulld
+        .runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.to_string(),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// The names in `dir`; none when it does not exist.
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The links of the node whose master is `bridge` (its pods' veth ends).
+fn ports_of(bridge: &str) -> Vec<String> {
+    entries(Path::new("/sys/class/net"))
+        .into_iter()
+        .filter(|name| {
+            std::fs::read_link(format!("/sys/class/net/{name}/master"))
+                .is_ok_and(|master| master.file_name().is_some_and(|m| m == bridge))
+        })
+        .collect()
+}
