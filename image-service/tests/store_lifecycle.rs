@@ -193,14 +193,14 @@ async fn kill_9_mid_pull_then_open_and_pull_again() -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    // Kill as soon as the pull is writing into tmp.
+    // Kill while a layer download is under way in tmp: a file there holds
+    // 1 MiB of a 24 MiB layer. (Any entry is not enough: the manifest and
+    // config pass through tmp in an instant, and a kill just after one was
+    // renamed into place would find tmp empty.)
     let deadline = Instant::now() + Duration::from_secs(30);
     let tmp = root.path().join("tmp");
     loop {
-        let busy = std::fs::read_dir(&tmp)
-            .map(|d| d.count() > 0)
-            .unwrap_or(false);
-        if busy {
+        if largest_file(&tmp) >= 1 << 20 {
             break;
         }
         ensure!(
@@ -241,4 +241,20 @@ async fn kill_9_mid_pull_then_open_and_pull_again() -> Result<()> {
     let tree = common::fsck_and_extract(&pulled.block_image, out.path())?;
     assert_eq!(std::fs::read(tree.join("noise2"))?, &noise[24 << 20..]);
     Ok(())
+}
+
+/// The size of the largest file under `dir` (0 when there is none).
+fn largest_file(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => largest_file(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
 }
