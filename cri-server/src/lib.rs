@@ -13,4 +13,5 @@ pub mod runtime_state;
 pub mod server;
 pub mod socket;
 pub mod store;
+pub mod stream;
 pub mod vm_config;
