@@ -38,6 +38,8 @@ pub struct Config {
     pub runtime_handlers: RuntimeHandlers,
     /// Pod networking: CNI configuration, plugins, network namespaces.
     pub cni: CniSettings,
+    /// The streaming server behind Exec, Attach and PortForward.
+    pub stream: StreamSettings,
 }
 
 impl Default for Config {
@@ -52,6 +54,41 @@ impl Default for Config {
             vm: VmSettings::default(),
             runtime_handlers: RuntimeHandlers::new(),
             cni: CniSettings::default(),
+            stream: StreamSettings::default(),
+        }
+    }
+}
+
+/// hulld's streaming server: where it listens, how long its URLs live, and
+/// what one session may hold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamSettings {
+    /// IP address to listen on; the URLs handed to the kubelet carry it.
+    pub address: std::net::IpAddr,
+    /// TCP port; 0 picks a free port at each start.
+    pub port: u16,
+    /// How long a URL from Exec, Attach or PortForward may wait for its one
+    /// use.
+    pub token_ttl_secs: u64,
+    /// Streaming sessions open at once, all kinds together.
+    pub max_sessions: usize,
+    /// A session with no traffic either way for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// How long a client may take to open the streams of a session after
+    /// the upgrade.
+    pub stream_creation_timeout_secs: u64,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            port: 0,
+            token_ttl_secs: 60,
+            max_sessions: 64,
+            idle_timeout_secs: 4 * 3600,
+            stream_creation_timeout_secs: 30,
         }
     }
 }
@@ -224,6 +261,25 @@ impl Config {
         }
         if self.cni.plugin_timeout_secs == 0 {
             return Err(invalid("cni.plugin_timeout_secs", "must be at least 1"));
+        }
+        if self.stream.address.is_unspecified() {
+            return Err(invalid(
+                "stream.address",
+                "must be an address clients can connect to (it goes into the URLs), not 0.0.0.0 or ::",
+            ));
+        }
+        for (key, value) in [
+            ("stream.token_ttl_secs", self.stream.token_ttl_secs),
+            ("stream.max_sessions", self.stream.max_sessions as u64),
+            ("stream.idle_timeout_secs", self.stream.idle_timeout_secs),
+            (
+                "stream.stream_creation_timeout_secs",
+                self.stream.stream_creation_timeout_secs,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
         }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", &err.to_string()));

@@ -31,10 +31,16 @@ pub struct LivePod {
     containers: Mutex<HashMap<String, LiveContainer>>,
 }
 
+/// The container's output as its log pump receives it, for attach
+/// sessions. The pump's stream holds the only strong sender: subscribers see
+/// the channel close when the container's output ends.
+pub type OutputTee = tokio::sync::broadcast::WeakSender<Arc<hull_proto::v1::OutputChunk>>;
+
 /// Tasks hulld runs for one container of a live pod.
 #[derive(Default)]
 pub struct LiveContainer {
     pub log: Option<Arc<LogPump>>,
+    pub output_tee: Option<OutputTee>,
     pub waiter: Option<JoinHandle<()>>,
     pub mount_sync: Option<SyncHandle>,
 }

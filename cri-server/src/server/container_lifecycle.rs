@@ -24,7 +24,7 @@ const GUEST_IMAGES_DIR: &str = hull_proto::spec::guest_paths::IMAGES;
 
 impl CriService {
     /// The live pod a container request names, or why there is none.
-    pub(super) fn ready_pod(&self, sandbox_id: &str) -> Result<Arc<LivePod>, CriError> {
+    pub(crate) fn ready_pod(&self, sandbox_id: &str) -> Result<Arc<LivePod>, CriError> {
         let id = self.sandboxes.resolve(sandbox_id)?;
         self.pods.get(&id).ok_or_else(|| CriError::WrongState {
             kind: "pod sandbox",

@@ -1,16 +1,19 @@
 //! A container's output into its log file: the pump, where it resumes, and
 //! the acknowledgements that let the agent forget what the file holds.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use hull_proto::client::AgentClient;
 use hull_proto::v1 as agent;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::CriService;
 use super::sandbox_lifecycle::agent_error;
 use crate::error::CriError;
-use crate::pod::live::LivePod;
+use crate::pod::live::{LivePod, OutputTee};
 use crate::pod::logs::{self, LogError, OutputCursor, StreamOffsets};
 use crate::store::container::ContainerRecord;
 
@@ -71,15 +74,47 @@ impl CriService {
         };
         let (acknowledgements, written) = watch::channel(cursor.written());
         let cursor = cursor.acknowledging_to(acknowledgements);
+        let (output, tee) = tee_output(output);
         let pump = logs::spawn_log_pump(container.metadata.log_path.clone().into(), output, cursor)
             .map_err(|source| CriError::Log {
                 container: id.clone(),
                 source,
             })?;
         spawn_acknowledger(pod.agent(), id.clone(), written);
-        pod.with_container(id, |c| c.log = Some(std::sync::Arc::new(pump)));
+        pod.with_container(id, |c| {
+            c.log = Some(Arc::new(pump));
+            c.output_tee = Some(tee);
+        });
         Ok(())
     }
+}
+
+/// Chunks of the container's output the log pump may be ahead of a slow
+/// attach client before that client misses some (the log never waits for
+/// an attach client).
+const ATTACH_BACKLOG: usize = 256;
+
+/// Passes `output` through, copying each chunk to attach sessions while any
+/// is subscribed.
+fn tee_output<S>(
+    output: S,
+) -> (
+    impl futures::Stream<Item = Result<agent::OutputChunk, tonic::Status>> + Send + Unpin + 'static,
+    OutputTee,
+)
+where
+    S: futures::Stream<Item = Result<agent::OutputChunk, tonic::Status>> + Send + Unpin + 'static,
+{
+    let (sender, _) = broadcast::channel(ATTACH_BACKLOG);
+    let tee = sender.downgrade();
+    let output = output.inspect(move |item| {
+        if let Ok(chunk) = item
+            && sender.receiver_count() > 0
+        {
+            let _ = sender.send(Arc::new(chunk.clone()));
+        }
+    });
+    (output, tee)
 }
 
 /// Tells the agent each new position the log file has reached, the latest

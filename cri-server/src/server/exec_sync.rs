@@ -127,8 +127,9 @@ async fn run_to_exit(
     Ok((stdout, stderr, exit))
 }
 
-/// Kills an exec that ran past its timeout, and reaps it in the agent.
-async fn kill_exec(pod: &LivePod, container_id: &str, exec_id: &str) {
+/// Kills an exec'd process (past its timeout, or whose client went away),
+/// and reaps it in the agent.
+pub async fn kill_exec(pod: &LivePod, container_id: &str, exec_id: &str) {
     let killed = pod
         .agent()
         .signal_process(agent::SignalProcessRequest {

@@ -47,6 +47,8 @@ use crate::store::container::ContainerRecord;
 use crate::store::sandbox::SandboxRecord;
 
 pub use pod_network::PodNetworkError;
+pub use exec_sync::kill_exec;
+pub use sandbox_lifecycle::new_id;
 
 /// How many container events a slow GetContainerEvents client may lag behind
 /// before it misses some.
