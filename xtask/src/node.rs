@@ -33,6 +33,9 @@ use crate::{deps, initramfs, kernel};
 const SOCKET: &str = "/run/hull/hull.sock";
 /// The local registry's port on 127.0.0.1.
 const REGISTRY_PORT: u16 = 5000;
+/// hulld's streaming server (exec, attach, port-forward) on 127.0.0.1, the
+/// same port on the host and, for a node in the test VM, inside it.
+const STREAM_PORT: u16 = 10210;
 /// The demo image, as the node and the host both name it.
 const DEMO_IMAGE: &str = "busybox:latest";
 /// The detached test VM's name.
@@ -156,7 +159,10 @@ fn hulld_config(vmlinux: &Path, initramfs: &Path, vmm: &Path, cni_dir: &Path) ->
          start_timeout_secs = 120\n\
          scratch_disk_mib = 2048\n\n\
          [cni]\n\
-         conf_dir = {:?}\n",
+         conf_dir = {:?}\n\n\
+         [stream]\n\
+         address = \"127.0.0.1\"\n\
+         port = {STREAM_PORT}\n",
         vmlinux.display().to_string(),
         initramfs.display().to_string(),
         vmm.display().to_string(),
@@ -276,7 +282,14 @@ fn start_in_test_vm(hulld: &Path, config: &Path, memory_mib: u32) -> Result<Stri
         host: SOCKET.into(),
         guest: SOCKET.into(),
     };
-    detach::start(INSTANCE, &command, &options, &[forward], &[REGISTRY_PORT])?;
+    detach::start(
+        INSTANCE,
+        &command,
+        &options,
+        &[forward],
+        &[REGISTRY_PORT],
+        &[STREAM_PORT],
+    )?;
     Ok(log)
 }
 
@@ -293,6 +306,9 @@ fn print_usage(log_hint: &str) {
         "\nThe node keeps running. Point a CRI client at it:\n\n  \
          crictl --runtime-endpoint unix://{SOCKET} --image-endpoint unix://{SOCKET} ps -a\n  \
          kubelet --container-runtime-endpoint=unix://{SOCKET} ...\n\n\
+         Exec, attach and port-forward URLs point at 127.0.0.1:{STREAM_PORT}, reachable from this host:\n  \
+         crictl --runtime-endpoint unix://{SOCKET} exec -it CONTAINER sh\n  \
+         crictl --runtime-endpoint unix://{SOCKET} port-forward POD 8080:80\n\n\
          Images: push to 127.0.0.1:{REGISTRY_PORT} on this host and pull them under that same name\n\
          (127.0.0.1:{REGISTRY_PORT}/{DEMO_IMAGE} is there already).\n\
          hulld's log: {log_hint}\n\

@@ -27,7 +27,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::foreground::ControlEvent;
-use super::qemu::{self, HOST_SERVICES_IP, PortSink, TcpForward, VmSpec};
+use super::qemu::{self, GUEST_IP, HOST_SERVICES_IP, PortSink, TcpForward, VmSpec};
 use super::{
     RunOptions, host_check, initramfs, job_environment, job_script, shell_quote, writable_shares,
 };
@@ -83,6 +83,7 @@ pub fn start(
     options: &RunOptions,
     forwards: &[UnixForward],
     host_ports: &[u16],
+    loopback_ports: &[u16],
 ) -> Result<PathBuf> {
     if name.is_empty() || name.contains(['/', '.']) {
         bail!("--name {name:?}: use letters, digits, dashes");
@@ -125,6 +126,20 @@ pub fn start(
             "{} testvm-proxy --listen-tcp 0.0.0.0:{guest_port} --connect-unix {} &",
             shell_quote(&xtask.to_string_lossy()),
             shell_quote(&forward.guest.to_string_lossy())
+        ));
+    }
+    // A server on the guest's loopback port P answers on the host's
+    // loopback port P: QEMU forwards host 127.0.0.1:P to the guest's address
+    // (not its loopback), where a proxy relays to 127.0.0.1:P. URLs naming
+    // 127.0.0.1:P then work on both sides (hulld's streaming server).
+    for &port in loopback_ports {
+        tcp_forwards.push(TcpForward {
+            host_port: port,
+            guest_port: port,
+        });
+        prelude.push(format!(
+            "{} testvm-proxy --listen-tcp {GUEST_IP}:{port} --connect-tcp 127.0.0.1:{port} &",
+            shell_quote(&xtask.to_string_lossy())
         ));
     }
     for port in host_ports {

@@ -113,6 +113,10 @@ pub struct VmRunArgs {
     /// 127.0.0.1 port inside (repeatable; needs --detach).
     #[arg(long = "host-port", value_name = "PORT", requires = "detach")]
     host_port: Vec<u16>,
+    /// Make a TCP port of the guest's loopback reachable at the same
+    /// 127.0.0.1 port on the host (repeatable; needs --detach).
+    #[arg(long = "loopback-port", value_name = "PORT", requires = "detach")]
+    loopback_port: Vec<u16>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -152,6 +156,7 @@ pub fn run_cli(args: VmRunArgs) -> Result<()> {
             &options,
             &forwards,
             &args.host_port,
+            &args.loopback_port,
         )?;
         println!("{}", instance.display());
         return Ok(());
