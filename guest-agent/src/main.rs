@@ -13,6 +13,7 @@ mod files;
 mod network;
 mod output;
 mod pid1;
+mod port_forward;
 mod reaper;
 mod sandbox;
 mod service;

@@ -34,7 +34,8 @@ pub mod v1 {
 /// - 3: `ExecProcess.process_json` is merged over the container's own process.
 /// - 4: output offsets and acknowledgements (`ReadOutput` resumes,
 ///   `AcknowledgeOutput`).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// - 5: `PortForward`.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The vsock port the agent listens on unless `hull.vsock_port=` says otherwise.
 pub const DEFAULT_AGENT_PORT: u32 = 1024;

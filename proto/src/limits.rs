@@ -9,6 +9,12 @@ pub const MAX_STDIO_CHUNK_BYTES: usize = 32 * 1024;
 /// reader that may die.
 pub const MAX_UNACKNOWLEDGED_OUTPUT_BYTES: usize = 256 * 1024;
 
+/// Largest `data` in one `PortForwardInput` (host to pod).
+pub const MAX_PORT_FORWARD_INPUT_BYTES: usize = 64 * 1024;
+
+/// Largest `data` in one `PortForwardOutput` (pod to host).
+pub const MAX_PORT_FORWARD_OUTPUT_BYTES: usize = 32 * 1024;
+
 /// Largest OCI runtime spec JSON in `CreateContainerRequest`.
 pub const MAX_SPEC_JSON_BYTES: usize = 1024 * 1024;
 

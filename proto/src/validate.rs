@@ -1,12 +1,14 @@
 //! Field checks for messages crossing the host ⇄ guest boundary.
 //!
-//! The agent uses [`container_id`] and [`exec_id`] on requests; hulld runs the
-//! `*_reply`/[`output_chunk`]/[`event`] checks on everything the agent sends
-//! before acting on it, because a compromised guest may send anything.
+//! The agent uses [`container_id`], [`exec_id`], [`port_forward_port`] and
+//! [`port_forward_input`] on requests; hulld runs the
+//! `*_reply`/[`output_chunk`]/[`event`]/`port_forward_*` output checks on
+//! everything the agent sends before acting on it, because a compromised
+//! guest may send anything.
 
 use crate::limits::{
-    MAX_CONTAINERS_PER_SANDBOX, MAX_ID_LEN, MAX_READ_FILE_BYTES, MAX_STDIO_CHUNK_BYTES,
-    MAX_VERSION_LEN,
+    MAX_CONTAINERS_PER_SANDBOX, MAX_ID_LEN, MAX_PORT_FORWARD_INPUT_BYTES,
+    MAX_PORT_FORWARD_OUTPUT_BYTES, MAX_READ_FILE_BYTES, MAX_STDIO_CHUNK_BYTES, MAX_VERSION_LEN,
 };
 use crate::v1;
 
@@ -295,6 +297,72 @@ pub fn event(event: &v1::Event) -> Result<(), ValidationError> {
     }
 }
 
+/// The `port` of the first `PortForwardInput`: 1–65535.
+pub fn port_forward_port(port: u32) -> Result<u16, ValidationError> {
+    match u16::try_from(port) {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(ValidationError::OutOfRange {
+            field: "port",
+            value: port.into(),
+        }),
+    }
+}
+
+/// A `PortForwardInput`'s data: at most [`MAX_PORT_FORWARD_INPUT_BYTES`].
+/// (The port is checked on the first message only, with
+/// [`port_forward_port`].)
+pub fn port_forward_input(input: &v1::PortForwardInput) -> Result<(), ValidationError> {
+    if input.data.len() > MAX_PORT_FORWARD_INPUT_BYTES {
+        return Err(ValidationError::TooLong {
+            field: "data",
+            len: input.data.len(),
+            max: MAX_PORT_FORWARD_INPUT_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// The first `PortForwardOutput` of a call: `connected`, without data.
+pub fn port_forward_connected(output: &v1::PortForwardOutput) -> Result<(), ValidationError> {
+    if !output.connected {
+        return Err(ValidationError::Missing {
+            field: "port_forward_output.connected",
+        });
+    }
+    if !output.data.is_empty() {
+        return Err(ValidationError::Inconsistent {
+            field: "port_forward_output.data",
+            other: "port_forward_output.connected",
+        });
+    }
+    Ok(())
+}
+
+/// A `PortForwardOutput` after the first: 1 to
+/// [`MAX_PORT_FORWARD_OUTPUT_BYTES`] bytes of data, not `connected` again.
+/// Returns the data.
+pub fn port_forward_data(output: &v1::PortForwardOutput) -> Result<&[u8], ValidationError> {
+    if output.connected {
+        return Err(ValidationError::Inconsistent {
+            field: "port_forward_output.connected",
+            other: "an earlier port_forward_output.connected",
+        });
+    }
+    if output.data.is_empty() {
+        return Err(ValidationError::Empty {
+            field: "port_forward_output.data",
+        });
+    }
+    if output.data.len() > MAX_PORT_FORWARD_OUTPUT_BYTES {
+        return Err(ValidationError::TooLong {
+            field: "port_forward_output.data",
+            len: output.data.len(),
+            max: MAX_PORT_FORWARD_OUTPUT_BYTES,
+        });
+    }
+    Ok(&output.data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,6 +579,92 @@ mod tests {
         };
         assert!(matches!(
             read_file_reply(&huge, &big),
+            Err(ValidationError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn port_forward_ports_are_1_to_65535() {
+        assert_eq!(port_forward_port(1), Ok(1));
+        assert_eq!(port_forward_port(8080), Ok(8080));
+        assert_eq!(port_forward_port(65535), Ok(65535));
+        for bad in [0, 65536, u32::MAX] {
+            assert_eq!(
+                port_forward_port(bad),
+                Err(ValidationError::OutOfRange {
+                    field: "port",
+                    value: bad.into()
+                })
+            );
+        }
+        assert_eq!(
+            port_forward_port(0).unwrap_err().to_string(),
+            "port has the value 0, outside the allowed range"
+        );
+    }
+
+    #[test]
+    fn port_forward_input_data_is_bounded() {
+        let mut input = v1::PortForwardInput {
+            port: 80,
+            data: vec![0; MAX_PORT_FORWARD_INPUT_BYTES],
+        };
+        assert_eq!(port_forward_input(&input), Ok(()));
+        input.data.push(0);
+        let err = port_forward_input(&input).unwrap_err();
+        assert_eq!(
+            err,
+            ValidationError::TooLong {
+                field: "data",
+                len: MAX_PORT_FORWARD_INPUT_BYTES + 1,
+                max: MAX_PORT_FORWARD_INPUT_BYTES
+            }
+        );
+        input.data.clear();
+        assert_eq!(port_forward_input(&input), Ok(()));
+    }
+
+    #[test]
+    fn port_forward_output_starts_connected_then_carries_bounded_data() {
+        let connected = v1::PortForwardOutput {
+            connected: true,
+            data: Vec::new(),
+        };
+        assert_eq!(port_forward_connected(&connected), Ok(()));
+        // Data before the connection is established, or no marker at all.
+        for bad in [
+            v1::PortForwardOutput {
+                connected: true,
+                data: b"x".to_vec(),
+            },
+            v1::PortForwardOutput {
+                connected: false,
+                data: b"x".to_vec(),
+            },
+        ] {
+            assert!(port_forward_connected(&bad).is_err(), "{bad:?}");
+        }
+
+        let data = v1::PortForwardOutput {
+            connected: false,
+            data: vec![7; MAX_PORT_FORWARD_OUTPUT_BYTES],
+        };
+        assert_eq!(port_forward_data(&data), Ok(&data.data[..]));
+        assert!(matches!(
+            port_forward_data(&connected),
+            Err(ValidationError::Inconsistent { .. })
+        ));
+        let empty = v1::PortForwardOutput::default();
+        assert!(matches!(
+            port_forward_data(&empty),
+            Err(ValidationError::Empty { .. })
+        ));
+        let big = v1::PortForwardOutput {
+            connected: false,
+            data: vec![7; MAX_PORT_FORWARD_OUTPUT_BYTES + 1],
+        };
+        assert!(matches!(
+            port_forward_data(&big),
             Err(ValidationError::TooLong { .. })
         ));
     }

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::container::Containers;
 use crate::files::FileTree;
 use crate::pid1::{self, PowerAction};
-use crate::{output, sandbox, storage};
+use crate::{output, port_forward, sandbox, storage};
 
 /// How long an exec'd process stays known after its exit was returned.
 const WAITED_EXEC_GRACE: Duration = Duration::from_secs(60);
@@ -326,6 +326,16 @@ impl Agent for AgentService {
                 }
             });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    type PortForwardStream = port_forward::Output;
+
+    async fn port_forward(
+        &self,
+        request: Request<Streaming<v1::PortForwardInput>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        let output = port_forward::start(request.into_inner()).await?;
+        Ok(Response::new(output))
     }
 
     async fn shutdown(

@@ -4,6 +4,7 @@ use tonic::{Code, Status};
 
 use crate::container::ContainerError;
 use crate::network::NetworkError;
+use crate::port_forward::PortForwardError;
 use crate::sandbox::SandboxError;
 use crate::stdio::StdioError;
 use crate::storage::StorageError;
@@ -104,6 +105,27 @@ impl From<StdioError> for Status {
     fn from(err: StdioError) -> Self {
         let code = stdio_code(&err);
         log(code, &err);
+        Status::new(code, chain(&err))
+    }
+}
+
+impl From<PortForwardError> for Status {
+    fn from(err: PortForwardError) -> Self {
+        let code = match &err {
+            PortForwardError::Input(status) => return status.clone(),
+            PortForwardError::NoFirstMessage | PortForwardError::Invalid(_) => {
+                Code::InvalidArgument
+            }
+            PortForwardError::Connect { .. } => Code::Unavailable,
+            PortForwardError::Connection { .. } => Code::Aborted,
+        };
+        if code == Code::InvalidArgument {
+            log(code, &err);
+        } else {
+            // The pod's server refused or broke the connection: nothing the
+            // guest did wrong.
+            tracing::info!(?code, error = %chain(&err), "port forward failed");
+        }
         Status::new(code, chain(&err))
     }
 }
