@@ -5,7 +5,8 @@
 //! reference VMM until hull's own lands) and a busybox image disk (erofs,
 //! built here), then drives the agent through hull-proto's client: sandbox
 //! setup, image mount, containers (stdout, exec, SIGTERM/SIGKILL exit codes,
-//! OOM kill, named user, seccomp RuntimeDefault), stats, shutdown.
+//! OOM kill, named user, seccomp RuntimeDefault), PortForward to servers
+//! bound to the pod's loopback, stats, shutdown.
 //! Needs a working KVM and /dev/vhost-vsock: run it with `cargo xtask test`,
 //! or under `cargo xtask vm-run` with HULL_GUEST_BZIMAGE set.
 
@@ -20,6 +21,9 @@ use hull_integration::qemu::{Disk, MicrovmConfig};
 use hull_proto::client::{AgentAddress, AgentClient, connect};
 use hull_proto::spec::{self, ContainerSpecInput, Resources, SeccompProfile};
 use hull_proto::{v1, validate};
+// tonic's own re-export: the crate needs no tokio-stream dependency for one
+// request stream.
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 
 /// Where `cargo xtask initramfs` writes the uncompressed archive; the
 /// variable overrides it.
@@ -60,6 +64,7 @@ fn busybox_image(dir: &Path) -> Result<PathBuf> {
         .context("copying /bin/busybox (Debian package busybox-static)")?;
     for applet in [
         "sh", "echo", "cat", "id", "sleep", "dd", "unshare", "grep", "hostname", "true", "ls",
+        "httpd", "nc", "seq", "mkdir",
     ] {
         std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
     }
@@ -206,6 +211,163 @@ async fn run_to_end(
     Ok((text, status))
 }
 
+/// One PortForward call: sends `request` in the first message, half-closes
+/// if asked (else keeps the input open to the end), and returns the bytes
+/// the server sent, or the status the call ended with.
+async fn port_forward(
+    client: &AgentClient,
+    port: u32,
+    request: &[u8],
+    half_close: bool,
+) -> Result<Result<Vec<u8>, tonic::Status>> {
+    let mut client = client.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(v1::PortForwardInput {
+        port,
+        data: request.to_vec(),
+    })
+    .await?;
+    let input = if half_close {
+        drop(tx);
+        None
+    } else {
+        Some(tx)
+    };
+    let mut output = match client.port_forward(ReceiverStream::new(rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Ok(Err(status)),
+    };
+    match output.message().await {
+        Ok(Some(first)) => validate::port_forward_connected(&first)?,
+        Ok(None) => bail!("the forward to port {port} ended before it was connected"),
+        Err(status) => return Ok(Err(status)),
+    }
+    let mut bytes = Vec::new();
+    loop {
+        match output.message().await {
+            Ok(Some(message)) => bytes.extend_from_slice(validate::port_forward_data(&message)?),
+            Ok(None) => break,
+            Err(status) => return Ok(Err(status)),
+        }
+    }
+    drop(input);
+    Ok(Ok(bytes))
+}
+
+/// PortForward (protocol 5) reaches servers bound to the pod's loopback:
+/// busybox httpd on 127.0.0.1:8080 (a response while the input stays open,
+/// ten at once) and an `nc -e cat` echo on 8081 (the half-close reaches
+/// it); a closed port is UNAVAILABLE.
+async fn check_port_forward(client: &mut AgentClient) -> Result<()> {
+    let script = "mkdir -p /tmp/www && seq 1 200000 > /tmp/www/big.txt && \
+                  echo small-file > /tmp/www/small.txt && \
+                  { nc -l -p 8081 -e cat & } && \
+                  exec httpd -f -p 127.0.0.1:8080 -h /tmp/www";
+    let output = create_and_start(
+        client,
+        "c-forward",
+        spec_json(&["sh", "-c", script], |_| {})?,
+        "",
+    )
+    .await?;
+
+    let refused = port_forward(client, 9, b"", true)
+        .await?
+        .expect_err("nothing listens on port 9");
+    ensure!(
+        refused.code() == tonic::Code::Unavailable
+            && refused
+                .message()
+                .starts_with("cannot connect to port 9 in the pod: ")
+            && refused.message().contains("Connection refused"),
+        "{refused:?}"
+    );
+
+    // Retried until the servers listen.
+    let get_big = b"GET /big.txt HTTP/1.0\r\n\r\n";
+    let deadline = Instant::now() + DEADLINE;
+    let (response, took) = loop {
+        let started = Instant::now();
+        match port_forward(client, 8080, get_big, false).await? {
+            Ok(bytes) => break (bytes, started.elapsed()),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => {
+                bail!("{status:?}; container output {:?}", output.lock().unwrap())
+            }
+        }
+    };
+    let expected: String = (1..=200_000).map(|i| format!("{i}\n")).collect();
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP header in {:?}", &text[..text.len().min(200)]))?;
+    ensure!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "{head:?}"
+    );
+    ensure!(
+        body == expected,
+        "the body differs: {} bytes, {} expected",
+        body.len(),
+        expected.len()
+    );
+    eprintln!(
+        "port forward: {} bytes from 127.0.0.1:8080 in {took:?}",
+        response.len()
+    );
+
+    // Ten at once.
+    let gets: Vec<_> = (0..10)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                port_forward(&client, 8080, b"GET /small.txt HTTP/1.0\r\n\r\n", true).await
+            })
+        })
+        .collect();
+    for get in gets {
+        let response = get
+            .await??
+            .map_err(|status| anyhow::anyhow!("{status:?}"))?;
+        let text = String::from_utf8_lossy(&response);
+        ensure!(
+            text.contains(" 200 ") && text.ends_with("\r\n\r\nsmall-file\n"),
+            "{text:?}"
+        );
+    }
+
+    // The echo sends back everything and closes after the half-close.
+    let deadline = Instant::now() + DEADLINE;
+    let echoed = loop {
+        match port_forward(client, 8081, b"hello through the agent", true).await? {
+            Ok(bytes) => break bytes,
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => bail!("{status:?}"),
+        }
+    };
+    ensure!(
+        echoed == b"hello through the agent",
+        "{:?}",
+        String::from_utf8_lossy(&echoed)
+    );
+
+    client
+        .delete_container(v1::DeleteContainerRequest {
+            container_id: "c-forward".into(),
+            force: true,
+        })
+        .await?;
+    Ok(())
+}
+
 async fn drive_agent(address: AgentAddress) -> Result<()> {
     let mut client = connect_until_up(&address).await?;
     let health = client.health(v1::HealthRequest {}).await?.into_inner();
@@ -297,6 +459,10 @@ async fn drive_agent(address: AgentAddress) -> Result<()> {
             && refused.message().contains(GUEST_MAC),
         "{refused:?}"
     );
+
+    check_port_forward(&mut client)
+        .await
+        .context("PortForward")?;
 
     // stdout, hostname and resolv.conf from the pod, exec, SIGTERM.
     let script = "trap 'echo got-term; exit 42' TERM; echo hello-from-container; hostname; \
