@@ -40,6 +40,23 @@ pub struct Config {
     pub cni: CniSettings,
     /// The streaming server behind Exec, Attach and PortForward.
     pub stream: StreamSettings,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsSettings,
+}
+
+/// hulld's Prometheus endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// `IP:PORT` serving `GET /metrics`; empty: no endpoint.
+    pub address: String,
+}
+
+impl MetricsSettings {
+    /// The address to serve on, if any (checked when the config loads).
+    pub fn socket_address(&self) -> Option<std::net::SocketAddr> {
+        self.address.parse().ok()
+    }
 }
 
 impl Default for Config {
@@ -55,6 +72,7 @@ impl Default for Config {
             runtime_handlers: RuntimeHandlers::new(),
             cni: CniSettings::default(),
             stream: StreamSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -280,6 +298,18 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
+        }
+        if !self.metrics.address.is_empty()
+            && self
+                .metrics
+                .address
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(invalid(
+                "metrics.address",
+                "must be IP:PORT (e.g. \"127.0.0.1:9464\"), or empty for no endpoint",
+            ));
         }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", &err.to_string()));

@@ -29,6 +29,20 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error("the gRPC server failed")]
     Serve(#[from] tonic::transport::Error),
+    #[error(
+        "cannot listen on {address} for the streaming server (config key stream.address/stream.port)"
+    )]
+    StreamListen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {address} for the metrics endpoint (config key metrics.address)")]
+    MetricsListen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Opens hulld's state from disk and the services over it.
@@ -63,16 +77,44 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let service = Arc::new(open_service(config.clone())?);
     service.adopt_pods().await;
 
+    let stream_listener = crate::stream::http::bind(&config.stream)
+        .await
+        .map_err(|source| DaemonError::StreamListen {
+            address: std::net::SocketAddr::new(config.stream.address, config.stream.port),
+            source,
+        })?;
+    if let Ok(address) = stream_listener.local_addr() {
+        service.streaming.set_listening(address);
+        tracing::info!(%address, "streaming server (exec, attach, port-forward) listening");
+    }
+    let stream_server = tokio::spawn(crate::stream::http::serve(stream_listener, service.clone()));
+    let metrics_server = match config.metrics.socket_address() {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|source| DaemonError::MetricsListen { address, source })?;
+            tracing::info!(%address, "metrics served at /metrics");
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                service.clone(),
+            )))
+        }
+        None => None,
+    };
+
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let listener = crate::socket::bind(&config.socket_path)?;
     tracing::info!(socket = %config.socket_path.display(), version = env!("CARGO_PKG_VERSION"), "hulld serving the CRI");
 
+    let notifier = crate::notify::Notifier::from_env();
+    let stopping = notifier.clone();
     let shutdown = async move {
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM received; shutting down"),
             _ = sigint.recv() => tracing::info!("SIGINT received; shutting down"),
         }
+        stopping.stopping();
     };
     let runtime = RuntimeServiceServer::new(RuntimeApi(service.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -80,6 +122,12 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let images = ImageServiceServer::new(ImageApi(service.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // The socket is bound and listening: a client connecting from now on is
+    // answered by the server below.
+    notifier.ready(&format!(
+        "serving the CRI on {}",
+        config.socket_path.display()
+    ));
     let result = tonic::transport::Server::builder()
         .add_service(runtime)
         .add_service(images)
@@ -87,6 +135,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .await;
     // The socket goes with the server, so the next start finds no stale file.
     let _ = std::fs::remove_file(&config.socket_path);
+    stream_server.abort();
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     service.release_pods().await;
     result?;
     tracing::info!("hulld stopped");

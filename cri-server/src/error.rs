@@ -87,6 +87,10 @@ pub enum CriError {
     Timeout { what: String, seconds: u64 },
     #[error("internal error while {what}")]
     Internal { what: &'static str },
+    #[error("the streaming server is not running, so {what} cannot be served")]
+    StreamingUnavailable { what: &'static str },
+    #[error("cannot hand out a streaming URL: {0}")]
+    StreamToken(#[from] crate::stream::TokenError),
     #[error(transparent)]
     Image(#[from] image_service::ImageError),
     #[error(transparent)]
@@ -103,6 +107,8 @@ impl CriError {
             // The kubelet reads DeadlineExceeded as a probe timeout.
             CriError::Timeout { .. } => Code::DeadlineExceeded,
             CriError::NameInUse { .. } => Code::AlreadyExists,
+            CriError::StreamingUnavailable { .. } => Code::Unavailable,
+            CriError::StreamToken(_) => Code::ResourceExhausted,
             CriError::PodVm { .. }
             | CriError::Cgroup { .. }
             | CriError::PodNetwork { .. }

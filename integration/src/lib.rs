@@ -8,4 +8,5 @@ pub mod hulld;
 pub mod pod_node;
 pub mod qemu;
 pub mod registry;
+pub mod streaming;
 pub mod test_image;

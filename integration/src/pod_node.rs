@@ -28,6 +28,8 @@ pub struct Node {
     /// Which network of this process the node's pods join (see
     /// [`Node::start_with_network`]).
     network_index: u8,
+    /// hulld's Prometheus endpoint, on 127.0.0.1.
+    metrics_port: u16,
 }
 
 /// Networks handed out to the nodes of this process: each node with a
@@ -48,8 +50,12 @@ impl Node {
             .tempdir_in("/tmp")
             .expect("run dir")
             .keep();
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
         let hulld = Hulld::start_with_config(&format!(
-            "[vm]\nkernel = {:?}\ninitramfs = {initramfs:?}\nvmm_binary = {vmm:?}\nrun_dir = {run_dir:?}\nmemory_mib = 192\nscratch_disk_mib = 1024\nstart_timeout_secs = 90\n",
+            "[vm]\nkernel = {:?}\ninitramfs = {initramfs:?}\nvmm_binary = {vmm:?}\nrun_dir = {run_dir:?}\nmemory_mib = 192\nscratch_disk_mib = 1024\nstart_timeout_secs = 90\n\n[metrics]\naddress = \"127.0.0.1:{metrics_port}\"\n",
             kernel.vmlinux
         ))
         .await;
@@ -71,7 +77,19 @@ impl Node {
             logs: tempfile::tempdir().expect("log dir"),
             run_dir,
             network_index: 0,
+            metrics_port,
         }
+    }
+
+    /// hulld's Prometheus exposition, scraped now.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("metrics endpoint")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     pub fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {

@@ -147,6 +147,101 @@ async fn run_pod_sandbox_on_a_pvm_host_is_refused_with_the_reason() {
     assert!(pods.items.is_empty());
 }
 
+/// The Prometheus endpoint counts CRI calls by method and outcome, with
+/// their latency.
+#[tokio::test]
+async fn the_metrics_endpoint_counts_calls_by_method_and_outcome() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hulld =
+        Hulld::start_with_config(&format!("[metrics]\naddress = \"127.0.0.1:{port}\"\n")).await;
+    let mut runtime = hulld.runtime().await;
+    for _ in 0..2 {
+        runtime
+            .version(cri::VersionRequest::default())
+            .await
+            .unwrap();
+    }
+    let missing = runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: "missing".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = response.text().await.unwrap();
+    for line in [
+        r#"hull_cri_requests_total{method="Version",code="OK"} 2"#,
+        r#"hull_cri_requests_total{method="ContainerStatus",code="NotFound"} 1"#,
+        r#"hull_cri_request_duration_seconds_count{method="Version"} 2"#,
+        r#"hull_pods{state="ready"} 0"#,
+        "hull_vms 0",
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
+    let other = reqwest::get(format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+}
+
+/// RuntimeClass handlers from the config are reported in Status, and a pod
+/// naming one that is not configured is refused, naming it.
+#[tokio::test]
+async fn runtime_handlers_are_reported_and_unknown_ones_refused() {
+    let hulld =
+        Hulld::start_with_config("[runtime_handlers.large]\nvcpus = 2\nmemory_mib = 1024\n").await;
+    let mut runtime = hulld.runtime().await;
+    let status = runtime
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = status
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(names, ["", "large"]);
+    let err = runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: "demo".into(),
+                    uid: "uid-1".into(),
+                    namespace: "default".into(),
+                    attempt: 0,
+                }),
+                ..Default::default()
+            }),
+            runtime_handler: "gvisor".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("\"gvisor\"") && err.message().contains("large"),
+        "{}",
+        err.message()
+    );
+}
+
 #[tokio::test]
 async fn bad_requests_name_the_missing_field() {
     let hulld = Hulld::start().await;

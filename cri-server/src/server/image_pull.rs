@@ -19,8 +19,11 @@ impl CriService {
             identity_token: auth.identity_token,
             registry_token: auth.registry_token,
         });
+        let started = std::time::Instant::now();
         let image = self.images.pull(&reference, auth).await?;
-        tracing::info!(reference, image_id = image.id, "image pulled");
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics.observe_image_pull(seconds, image.size);
+        tracing::info!(reference, image_id = image.id, seconds, "image pulled");
         Ok(cri::PullImageResponse {
             image_ref: image.id,
         })

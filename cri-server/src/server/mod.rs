@@ -26,6 +26,7 @@ mod sandbox_list;
 mod sandbox_status;
 mod stats;
 mod status;
+mod streaming;
 mod version;
 
 use std::sync::Arc;
@@ -40,14 +41,16 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::error::CriError;
 use crate::host::HostCheck;
+use crate::metrics::Metrics;
 use crate::pod::live::PodTable;
 use crate::runtime_state::RuntimeState;
 use crate::store::RecordStore;
 use crate::store::container::ContainerRecord;
 use crate::store::sandbox::SandboxRecord;
+use crate::stream::Streaming;
 
-pub use pod_network::PodNetworkError;
 pub use exec_sync::kill_exec;
+pub use pod_network::PodNetworkError;
 pub use sandbox_lifecycle::new_id;
 
 /// How many container events a slow GetContainerEvents client may lag behind
@@ -65,6 +68,10 @@ pub struct CriService {
     pub events: broadcast::Sender<cri::ContainerEventResponse>,
     /// Pods whose VM runs now.
     pub pods: PodTable,
+    /// The streaming server's URLs (Exec, Attach, PortForward).
+    pub streaming: Streaming,
+    /// What the Prometheus endpoint reports.
+    pub metrics: Metrics,
 }
 
 impl CriService {
@@ -77,6 +84,7 @@ impl CriService {
         runtime_state: RuntimeState,
     ) -> Self {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        let streaming = Streaming::new(&config.stream);
         Self {
             config,
             sandboxes,
@@ -86,6 +94,8 @@ impl CriService {
             runtime_state,
             events,
             pods: PodTable::default(),
+            streaming,
+            metrics: Metrics::default(),
         }
     }
 }
@@ -101,19 +111,23 @@ pub struct ImageApi(pub Arc<CriService>);
 /// Runs one RPC: a span with the method name, the outcome and latency logged,
 /// the error mapped to a status.
 async fn instrumented<T>(
+    metrics: &Metrics,
     method: &'static str,
     call: impl Future<Output = Result<T, CriError>>,
 ) -> Result<Response<T>, Status> {
     let started = Instant::now();
     let result = call.await;
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed_ms = elapsed * 1000.0;
     match result {
         Ok(response) => {
+            metrics.observe_request(method, tonic::Code::Ok, elapsed);
             tracing::debug!(method, elapsed_ms, "CRI request served");
             Ok(Response::new(response))
         }
         Err(err) => {
             let status = Status::from(err);
+            metrics.observe_request(method, status.code(), elapsed);
             tracing::warn!(method, elapsed_ms, code = ?status.code(), error = status.message(), "CRI request failed");
             Err(status)
         }
@@ -138,7 +152,7 @@ macro_rules! cri_service {
                     request: Request<cri::$request>,
                 ) -> Result<Response<cri::$response>, Status> {
                     let span = tracing::info_span!("cri", method = stringify!($request));
-                    instrumented(stringify!($request), self.0.$method(request.into_inner()))
+                    instrumented(&self.0.metrics, stringify!($request), self.0.$method(request.into_inner()))
                         .instrument(span)
                         .await
                 }
@@ -187,7 +201,7 @@ cri_service! {
             request: Request<cri::GetEventsRequest>,
         ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
             let events = self.0.container_events(request.into_inner());
-            instrumented("GetEventsRequest", std::future::ready(Ok(events))).await
+            instrumented(&self.0.metrics, "GetContainerEventsRequest", std::future::ready(Ok(events))).await
         }
     }
 }

@@ -153,8 +153,13 @@ impl CriService {
             "starting pod VM"
         );
 
+        let starting = std::time::Instant::now();
         match self.start_pod_vm(&id, &config, &paths, &shape).await {
-            Ok(()) => Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id }),
+            Ok(()) => {
+                self.metrics
+                    .observe_pod_start(starting.elapsed().as_secs_f64());
+                Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
+            }
             Err(err) => {
                 // A failed RunPodSandbox leaves nothing behind: the kubelet
                 // will retry with a new attempt.
@@ -212,6 +217,8 @@ impl CriService {
             pod: id.to_string(),
             source,
         })?;
+        self.metrics
+            .observe_vm_boot(started.boot_ms as f64 / 1000.0);
         self.sandboxes.update(id, |r| {
             r.status.vm = Some(PodVmRecord {
                 paths: paths.clone(),

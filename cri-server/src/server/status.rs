@@ -59,13 +59,18 @@ impl CriService {
                 conditions: vec![runtime_ready, network_ready],
             }),
             info,
-            runtime_handlers: vec![cri::RuntimeHandler {
-                name: String::new(),
-                features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
-                    user_namespaces: false,
-                }),
-            }],
+            // The default handler ("") and every configured RuntimeClass
+            // handler: all run pods in VMs, with the same features.
+            runtime_handlers: std::iter::once(String::new())
+                .chain(self.config.runtime_handlers.keys().cloned())
+                .map(|name| cri::RuntimeHandler {
+                    name,
+                    features: Some(cri::RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: false,
+                        user_namespaces: false,
+                    }),
+                })
+                .collect(),
             features: Some(cri::RuntimeFeatures {
                 supplemental_groups_policy: false,
             }),

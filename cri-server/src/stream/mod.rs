@@ -16,9 +16,10 @@
 //!
 //! docs/streaming.md describes the protocols and limits.
 
-// pub mod http;
+pub mod http;
 pub mod idle;
-// pub mod port_forward;
+pub mod over_spdy;
+pub mod port_forward;
 pub mod remote_command;
 pub mod spdy;
 pub mod status;
@@ -26,6 +27,45 @@ pub mod tokens;
 pub mod websocket;
 
 pub use tokens::{StreamKind, TokenError, Tokens};
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::config::StreamSettings;
+use crate::error::CriError;
+
+/// The streaming server as the RPCs see it: where it listens, and the
+/// requests waiting for their clients.
+pub struct Streaming {
+    pub tokens: Tokens,
+    /// `http://<address>:<port>`, once the server listens.
+    base_url: OnceLock<String>,
+}
+
+impl Streaming {
+    pub fn new(settings: &StreamSettings) -> Self {
+        Self {
+            tokens: Tokens::new(Duration::from_secs(settings.token_ttl_secs)),
+            base_url: OnceLock::new(),
+        }
+    }
+
+    /// Records where the server listens (once).
+    pub fn set_listening(&self, address: std::net::SocketAddr) {
+        let _ = self.base_url.set(format!("http://{address}"));
+    }
+
+    /// A one-time URL for `request`.
+    pub fn url_for(&self, request: StreamRequest, what: &'static str) -> Result<String, CriError> {
+        let base = self
+            .base_url
+            .get()
+            .ok_or(CriError::StreamingUnavailable { what })?;
+        let kind = request.kind();
+        let token = self.tokens.issue(request)?;
+        Ok(format!("{base}/{}/{token}", kind.path_segment()))
+    }
+}
 
 /// An Exec request, kept until its URL is used.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{FutureExt, SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::{
     CloseFrame, WebSocketConfig, frame::coding::CloseCode,
 };
 
+use super::port_forward::PortStreams;
 use super::remote_command::CommandStreams;
 use super::status::{Outcome, ResizeDecoder};
 
@@ -168,10 +169,8 @@ pub async fn serve_command<S, F>(
                         resize_sender = None;
                     }
                 },
-                CLOSE if protocol_version >= 5 => {
-                    if payload.first() == Some(&STDIN) {
-                        stdin_sender = None;
-                    }
+                CLOSE if protocol_version >= 5 && payload.first() == Some(&STDIN) => {
+                    stdin_sender = None;
                 }
                 _ => {}
             }
@@ -222,15 +221,6 @@ fn spawn_channel_writer(
         }
     });
     Some((sender, task))
-}
-
-/// One forwarded port's streams, as a port-forward session hands them to
-/// the code that connects to the pod.
-pub struct PortStreams {
-    /// Bytes from the client; closes at the client's end of data.
-    pub from_client: mpsc::Receiver<Bytes>,
-    /// Bytes to the client.
-    pub to_client: mpsc::Sender<Bytes>,
 }
 
 /// Serves one WebSocket port-forward session: for each of `ports`, `forward`
@@ -307,6 +297,53 @@ where
     drop(outgoing);
     let _ = writer.await;
     reader.abort();
+}
+
+/// A WebSocket whose binary messages carry one byte stream, as SPDY over
+/// WebSocket (`SPDY/3.1+portforward.k8s.io`) uses it. The returned end reads
+/// what the client sends and writes what goes to it; a bounded buffer in
+/// between keeps backpressure.
+pub fn byte_stream<S>(socket: WebSocketStream<S>) -> tokio::io::DuplexStream
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (mut from_session, mut to_session) = tokio::io::split(ours);
+    let (mut sink, mut source) = socket.split();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = source.next().await {
+            match message {
+                Message::Binary(data) if to_session.write_all(&data).await.is_err() => break,
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = to_session.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; 32 * 1024];
+        loop {
+            match from_session.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let data = Bytes::copy_from_slice(&buffer[..n]);
+                    if sink.send(Message::Binary(data)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let close = Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }));
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            let _ = sink.send(close).await;
+            let _ = sink.close().await;
+        })
+        .await;
+    });
+    theirs
 }
 
 /// The data and error channels of the `index`-th port.

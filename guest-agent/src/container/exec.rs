@@ -1,6 +1,8 @@
 //! `ExecProcess`: an extra process in a running container.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hull_proto::limits::MAX_PROCESS_JSON_BYTES;
 use hull_proto::v1;
@@ -8,6 +10,9 @@ use hull_proto::v1;
 use super::create::{receive_terminal, runtime_error, stdio_builder};
 use super::{ContainerError, Containers, Process};
 use crate::stdio::ProcessStdio;
+
+/// Numbers the console sockets of exec'd processes with a terminal.
+static CONSOLE_SOCKETS: AtomicU64 = AtomicU64::new(0);
 
 impl Containers {
     /// Starts `request.process_json` inside the container. Returns its pid.
@@ -64,7 +69,13 @@ impl Containers {
         let process_file = bundle.join(format!("exec-{exec_id}.json"));
         std::fs::write(&process_file, &merged).map_err(io("write the exec process"))?;
 
-        let socket = bundle.join(format!("exec-{exec_id}.sock"));
+        // Not in the bundle: a unix socket path holds at most 107 bytes, and
+        // the bundle's path with a 64-character container id and exec id is
+        // longer than that.
+        let socket = PathBuf::from(format!(
+            "/run/hull/exec-tty-{}.sock",
+            CONSOLE_SOCKETS.fetch_add(1, Ordering::Relaxed)
+        ));
         let (builder, console, pipes) =
             stdio_builder(id, "prepare an exec in", terminal, request.stdin, &socket)?;
         let built = builder

@@ -7,6 +7,7 @@
 mod image_pull;
 mod net;
 mod pod_start;
+mod stream;
 mod vmm_boot;
 
 use anyhow::{Result, bail};
@@ -15,7 +16,7 @@ use clap::Args;
 /// Arguments of `cargo xtask bench`.
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Which benchmark: image-pull, net, pod-start, vmm-boot.
+    /// Which benchmark: image-pull, net, pod-start, stream, vmm-boot.
     name: String,
     /// Runs per side; the median is reported (default 3; pod-start: 10).
     #[arg(long)]
@@ -38,9 +39,46 @@ pub fn run_cli(args: BenchArgs) -> Result<()> {
         "image-pull" => image_pull::run(runs, args.megabytes),
         "net" => net::run_bench(),
         "pod-start" => pod_start::run_bench(runs),
+        "stream" => stream::run_bench(),
         "vmm-boot" => vmm_boot::run_bench(runs),
-        other => bail!("unknown benchmark {other:?}; known: image-pull, net, pod-start, vmm-boot"),
+        other => bail!(
+            "unknown benchmark {other:?}; known: image-pull, net, pod-start, stream, vmm-boot"
+        ),
     }
+}
+
+/// Runs the `hull-integration` bench target `target` (which measures and
+/// prints its own RESULT line) in one test VM boot: builds the guest
+/// kernel, the agent initramfs, release `hulld` and `hull-vmm`, and the
+/// bench binary first.
+fn run_integration_bench_in_test_vm(target: &str) -> Result<()> {
+    use crate::testvm::{self, RunOptions, suite};
+    let kernel = crate::kernel::build()?;
+    let initramfs = crate::initramfs::build(false)?;
+    crate::util::build_release_runtime()?;
+    let binary = suite::build_vm_bench(target)?;
+    let command = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        format!(
+            "cd {} && exec env HULL_GUEST_VMLINUX={} HULL_GUEST_BZIMAGE={} HULL_AGENT_INITRAMFS={} {}",
+            testvm::shell_quote(
+                &crate::util::workspace_root()
+                    .join("integration")
+                    .display()
+                    .to_string()
+            ),
+            testvm::shell_quote(&kernel.vmlinux.display().to_string()),
+            testvm::shell_quote(&kernel.bzimage.display().to_string()),
+            testvm::shell_quote(&initramfs.display().to_string()),
+            testvm::shell_quote(&binary.display().to_string()),
+        ),
+    ];
+    let code = testvm::run(&command, &RunOptions::default())?;
+    if code != 0 {
+        bail!("the {target} benchmark failed inside the test VM (exit status {code})");
+    }
+    Ok(())
 }
 
 /// Runs per side when `--runs` is not given (pod-start has its own).

@@ -10,33 +10,9 @@
 //! `RESULT net pod_host_gbps=… netns_gbps=… ratio=…`), then runs it under
 //! `vm-run`.
 
-use anyhow::{Result, bail};
-
-use crate::kernel;
-use crate::testvm::{self, RunOptions, suite};
-use crate::util::workspace_root;
+use anyhow::Result;
 
 /// Entry point of `cargo xtask bench net`.
 pub fn run_bench() -> Result<()> {
-    let kernel = kernel::build()?;
-    let initramfs = crate::initramfs::build(false)?;
-    crate::util::build_release_runtime()?;
-    let binary = suite::build_vm_bench("net")?;
-    let command = vec![
-        "sh".to_string(),
-        "-c".to_string(),
-        format!(
-            "cd {} && exec env HULL_GUEST_VMLINUX={} HULL_GUEST_BZIMAGE={} HULL_AGENT_INITRAMFS={} {}",
-            testvm::shell_quote(&workspace_root().join("integration").display().to_string()),
-            testvm::shell_quote(&kernel.vmlinux.display().to_string()),
-            testvm::shell_quote(&kernel.bzimage.display().to_string()),
-            testvm::shell_quote(&initramfs.display().to_string()),
-            testvm::shell_quote(&binary.display().to_string()),
-        ),
-    ];
-    let code = testvm::run(&command, &RunOptions::default())?;
-    if code != 0 {
-        bail!("the net benchmark failed inside the test VM (exit status {code})");
-    }
-    Ok(())
+    super::run_integration_bench_in_test_vm("net")
 }
