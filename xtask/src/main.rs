@@ -11,6 +11,7 @@ mod bench;
 mod cache;
 mod deps;
 mod initramfs;
+mod install;
 mod kernel;
 mod node;
 mod test;
@@ -39,6 +40,12 @@ enum Command {
     Kernel,
     /// Build the static guest agent and its initramfs; print the archive's path.
     Initramfs(initramfs::InitramfsArgs),
+    /// Build hull and install it as a systemd service (`--root DIR` stages
+    /// the files under DIR instead of /).
+    Install(install::InstallArgs),
+    /// Remove what `install` placed (an edited config and hulld's state stay
+    /// unless `--purge`).
+    Uninstall(install::UninstallArgs),
     /// Run a command on a host with a working KVM (natively, or in the test VM).
     VmRun(testvm::VmRunArgs),
     /// Build and run only the VM tests (`vm_*` targets), in one test VM boot.
@@ -61,6 +68,8 @@ fn main() -> Result<()> {
         Command::Test(args) => test::run_all(args),
         Command::Kernel => kernel::run_cli(),
         Command::Initramfs(args) => initramfs::run_cli(args),
+        Command::Install(args) => install::install_cli(args),
+        Command::Uninstall(args) => install::uninstall_cli(args),
         Command::VmRun(args) => testvm::run_cli(args),
         Command::VmTest => testvm::suite::run_vm_tests(),
         Command::VmStop(args) => testvm::detach::stop_cli(args),
