@@ -278,7 +278,7 @@ pub fn install_cli(args: InstallArgs) -> Result<()> {
     // Another install (another prefix) may rewrite the unit: hashed.
     installer.replace_hashed(Path::new(UNIT_PATH), unit.as_bytes(), 0o644)?;
     installer.config(&config)?;
-    installer.if_absent(Path::new(CRICTL_PATH), CRICTL_YAML, 0o644)?;
+    installer.crictl_yaml()?;
     installer.drop_stale()?;
     installer.manifest.write(&manifest_path)?;
     println!("recorded {}", manifest_path.display());
@@ -363,16 +363,17 @@ impl Installer<'_> {
         }
         let beside = self.write(Path::new(CONFIG_DEFAULT_PATH), text.as_bytes(), 0o600)?;
         println!(
-            "kept      {} (edited): this version's default config is in {}; compare them with diff",
+            "kept      {} (edited, left as it is): this version's default config is in {}; compare them with diff",
             staged.display(),
             beside.display()
         );
         Ok(())
     }
 
-    /// A file written only where there is none (or where it is still the
-    /// one an earlier install wrote).
-    fn if_absent(&mut self, path: &Path, text: &str, mode: u32) -> Result<()> {
+    /// `/etc/crictl.yaml`, written only where there is none (or where it is
+    /// still the one an earlier install wrote).
+    fn crictl_yaml(&mut self) -> Result<()> {
+        let path = Path::new(CRICTL_PATH);
         let staged = self.layout.staged(path);
         let ours = match self.previous.recorded(path) {
             Some(hash) => unchanged(&staged, hash)?,
@@ -391,8 +392,8 @@ impl Installer<'_> {
             }
             return Ok(());
         }
-        self.write(path, text.as_bytes(), mode)?;
-        println!("installed {} ({mode:04o})", staged.display());
+        self.write(path, CRICTL_YAML.as_bytes(), 0o644)?;
+        println!("installed {} (0644)", staged.display());
         Ok(())
     }
 
@@ -749,6 +750,13 @@ fn state_dir(layout: &Layout) -> Result<PathBuf> {
         return Ok(PathBuf::from(DEFAULT_STATE_DIR));
     }
     let hulld = layout.staged(layout.bin("hulld"));
+    if !hulld.exists() {
+        println!(
+            "{} is gone: taking state_dir to be {DEFAULT_STATE_DIR}",
+            hulld.display()
+        );
+        return Ok(PathBuf::from(DEFAULT_STATE_DIR));
+    }
     let output = Command::new(&hulld)
         .args(["config", "check", "--config"])
         .arg(&config)
