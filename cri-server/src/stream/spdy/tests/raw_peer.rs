@@ -397,3 +397,49 @@ async fn the_server_closes_after_the_clients_goaway_once_streams_are_done() {
     within(5, server.closed()).await;
     assert_eq!(server.close_reason(), Some(CloseReason::Local));
 }
+
+#[tokio::test]
+async fn a_dropped_stream_is_cancelled_and_a_unidirectional_one_gets_no_reply() {
+    let (mut peer, server) = raw_pair(SessionLimits::default());
+    peer.syn(1, &Headers::new(), false).await;
+    let stream = accept(&server).await.reply(Headers::new()).expect("reply");
+    peer.expect_reply(1).await;
+    drop(stream);
+    peer.expect(rst(1, RstStatus::CANCEL)).await;
+
+    let header_block = peer.compress.encode(&Headers::new()).unwrap();
+    peer.send(Frame::SynStream(SynStream {
+        stream_id: 3,
+        associated_to: 0,
+        priority: 0,
+        slot: 0,
+        fin: false,
+        unidirectional: true,
+        header_block,
+    }))
+    .await;
+    let incoming = accept(&server).await;
+    assert!(incoming.unidirectional());
+    let mut stream = incoming.reply(Headers::new()).expect("reply");
+    assert_eq!(
+        stream.send(b"x").await,
+        Err(super::super::SessionError::StreamFinished { stream_id: 3 })
+    );
+    peer.send(data(3, false, b"one way")).await;
+    assert_eq!(
+        stream.recv().await.unwrap().as_deref(),
+        Some(&b"one way"[..])
+    );
+    // A HEADERS frame with FIN ends the peer's side too.
+    let block = peer.compress.encode(&headers(&[("trailer", "x")])).unwrap();
+    peer.send(Frame::Headers(super::super::frame::HeadersFrame {
+        stream_id: 3,
+        fin: true,
+        header_block: block,
+    }))
+    .await;
+    assert_eq!(stream.recv().await, Ok(None));
+    // Closed both ways now, and nothing was sent for it.
+    assert_eq!(server.open_streams(), 0);
+    peer.expect_only_pong(5).await;
+}

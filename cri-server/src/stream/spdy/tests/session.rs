@@ -467,6 +467,20 @@ fn fuzzing_entry_points_handle_seed_inputs() {
     ] {
         frame.encode(&mut wire).unwrap();
     }
+    // Mode 1: header blocks uncompressed, the harness compresses them.
+    let mut structured = BytesMut::from(&[1u8][..]);
+    Frame::SynStream(SynStream {
+        stream_id: 1,
+        associated_to: 0,
+        priority: 0,
+        slot: 0,
+        fin: false,
+        unidirectional: false,
+        header_block: headers(&[("streamtype", "data")]).to_block().into(),
+    })
+    .encode(&mut structured)
+    .unwrap();
+    fuzzing::session(&structured);
     for input in [
         &wire[..],
         &wire[..wire.len() - 3],
@@ -476,4 +490,28 @@ fn fuzzing_entry_points_handle_seed_inputs() {
         fuzzing::frames_and_headers(input);
         fuzzing::session(input);
     }
+}
+
+#[tokio::test]
+async fn open_stops_at_the_stream_limit() {
+    let client_limits = SessionLimits {
+        max_concurrent_streams: 1,
+        ..SessionLimits::default()
+    };
+    let (client, server) = session_pair(client_limits, SessionLimits::default());
+    let (first, _server_stream) = tokio::join!(client.open(Headers::new(), false), async {
+        server
+            .accept()
+            .await
+            .unwrap()
+            .reply(Headers::new())
+            .unwrap()
+    });
+    let mut first = first.unwrap();
+    assert_eq!(
+        client.open(Headers::new(), false).await.err(),
+        Some(SessionError::TooManyStreams { max: 1 })
+    );
+    first.reset(RstStatus::CANCEL);
+    assert_eq!(client.open_streams(), 0);
 }
