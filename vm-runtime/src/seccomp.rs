@@ -140,6 +140,7 @@ const FCNTL_COMMANDS: &[u64] = &[
 pub fn allowed_syscalls(kind: ThreadKind) -> Vec<i64> {
     let mut list: Vec<i64> = COMMON.iter().chain(extra(kind)).copied().collect();
     list.push(libc::SYS_fcntl);
+    list.push(libc::SYS_mprotect);
     if !ioctls(kind).is_empty() {
         list.push(libc::SYS_ioctl);
     }
@@ -161,6 +162,18 @@ fn arg_rules(arg: u8, values: &[u64]) -> Result<Vec<SeccompRule>, SeccompError> 
         .collect()
 }
 
+/// `mprotect` without `PROT_EXEC` (argument 2): glibc's malloc grows the
+/// heap of a thread's arena by making reserved pages read-write, so any
+/// thread that allocates needs it; no thread may make memory executable.
+fn non_executable_mprotect() -> Result<SeccompRule, SeccompError> {
+    Ok(SeccompRule::new(vec![SeccompCondition::new(
+        2,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+        0,
+    )?])?)
+}
+
 fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
         .iter()
@@ -168,6 +181,7 @@ fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         .map(|nr| (*nr, Vec::new()))
         .collect();
     rules.insert(libc::SYS_fcntl, arg_rules(1, FCNTL_COMMANDS)?);
+    rules.insert(libc::SYS_mprotect, vec![non_executable_mprotect()?]);
     if !ioctls(kind).is_empty() {
         rules.insert(libc::SYS_ioctl, arg_rules(1, ioctls(kind))?);
     }
@@ -344,6 +358,74 @@ mod tests {
             ] {
                 assert!(!list.contains(&forbidden), "{kind:?} {forbidden}");
             }
+        }
+    }
+
+    /// Runs `probe` in a forked child under the filter of `kind`; returns
+    /// its exit status (`SECCOMP_EXIT_STATUS` when the filter trapped).
+    fn exit_status_under_filter(kind: ThreadKind, probe: fn() -> i32) -> i32 {
+        let filters = Filters::build().unwrap();
+        let filter = filters.get(kind);
+        // SAFETY: the child only makes raw syscalls (prctl/seccomp via
+        // apply_filter, the probe's, _exit) and never returns into the test
+        // harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            if seccompiler::apply_filter(&filter).is_err() {
+                // SAFETY: ends the child at once.
+                unsafe { libc::_exit(1) };
+            }
+            let code = probe();
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child we forked; `status` is a valid out pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        libc::WEXITSTATUS(status)
+    }
+
+    /// mprotect of an anonymous page to `prot`: 0 when it succeeded.
+    fn mprotect_page(prot: i32) -> i32 {
+        // SAFETY: maps one fresh anonymous page, owned by nobody else.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if page == libc::MAP_FAILED {
+            return 2;
+        }
+        // SAFETY: changes the protection of the page mapped just above.
+        if unsafe { libc::mprotect(page, 4096, prot) } == 0 {
+            0
+        } else {
+            3
+        }
+    }
+
+    #[test]
+    fn memory_may_become_writable_but_never_executable() {
+        for kind in [ThreadKind::Devices, ThreadKind::Vcpu, ThreadKind::Control] {
+            assert_eq!(
+                exit_status_under_filter(kind, || mprotect_page(
+                    libc::PROT_READ | libc::PROT_WRITE
+                )),
+                0,
+                "{kind:?}"
+            );
+            assert_eq!(
+                exit_status_under_filter(kind, || mprotect_page(libc::PROT_READ | libc::PROT_EXEC)),
+                SECCOMP_EXIT_STATUS,
+                "{kind:?}"
+            );
         }
     }
 

@@ -50,7 +50,7 @@ pub fn run_cli(args: InitramfsArgs) -> Result<()> {
 
 /// Builds the static agent and the archive.
 pub fn build(gzip: bool) -> Result<PathBuf> {
-    deps::install()?;
+    deps::install_node()?;
     let agent = build_static_agent()?;
     let binary = std::fs::read(&agent).with_context(|| format!("reading {}", agent.display()))?;
     if has_interpreter(&binary) {

@@ -56,7 +56,7 @@ pub fn run_cli() -> Result<()> {
 
 /// Builds the guest kernel unless the cache holds this exact build.
 pub fn build() -> Result<KernelArtifacts> {
-    deps::install()?;
+    deps::install_node()?;
     let fragment_path = workspace_root().join(FRAGMENT);
     let fragment = std::fs::read(&fragment_path)
         .with_context(|| format!("cannot read {}", fragment_path.display()))?;

@@ -174,12 +174,18 @@ pub async fn run_attach(
         tty = config.tty,
         "streaming attach started"
     );
-    let tee = pod.with_container(&container_id, |c| c.output_tee.clone());
-    let relayed = match tee.and_then(|tee| tee.upgrade()) {
+    // Subscribe through a strong sender held only for this statement: the
+    // log pump's must stay the only one, or the channel would never close
+    // when the container's output ends.
+    let subscription = pod
+        .with_container(&container_id, |c| c.output_tee.clone())
+        .and_then(|tee| tee.upgrade())
+        .map(|sender| sender.subscribe());
+    let relayed = match subscription {
         // The log pump reads the output: share it.
-        Some(tee) => {
+        Some(receiver) => {
             relay(
-                subscribe(tee.subscribe(), container_id.clone()),
+                subscribe(receiver, container_id.clone()),
                 streams.stdout,
                 streams.stderr,
                 streams.client_gone,
