@@ -81,6 +81,25 @@ impl Node {
         }
     }
 
+    /// What to look at when a pod misbehaved: its VMM's log, the end of its
+    /// guest console, and the newest kernel messages of this host.
+    pub fn pod_diagnostics(&self, pod: &str) -> String {
+        let dir = self.hulld.state_dir().join("pods").join(pod);
+        let vmm_log = std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default();
+        let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+        let console_tail =
+            &console[console.floor_char_boundary(console.len().saturating_sub(4000))..];
+        let dmesg = std::process::Command::new("dmesg")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let dmesg_tail: Vec<&str> = dmesg.lines().rev().take(20).collect();
+        format!(
+            "VMM log:\n{vmm_log}\nguest console (end):\n{console_tail}\nkernel messages (newest first):\n{}",
+            dmesg_tail.join("\n")
+        )
+    }
+
     /// hulld's Prometheus exposition, scraped now.
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))

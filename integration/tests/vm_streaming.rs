@@ -169,21 +169,12 @@ async fn exec_attach_and_port_forward_through_the_streaming_server() {
     )
     .await
     .unwrap();
-    if result.stdout.len() != 52_428_800 {
-        let pod_dir = node.hulld.state_dir().join("pods").join(&pod);
-        let vmm_log = std::fs::read_to_string(pod_dir.join("vmm.log")).unwrap_or_default();
-        let console = std::fs::read_to_string(pod_dir.join("console.log")).unwrap_or_default();
-        let dmesg = std::process::Command::new("dmesg")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let dmesg_tail: Vec<&str> = dmesg.lines().rev().take(40).collect();
-        panic!(
-            "{result:?}\nVMM log:\n{vmm_log}\nconsole (end):\n{}\ndmesg (newest first):\n{}",
-            &console[console.len().saturating_sub(4000)..],
-            dmesg_tail.join("\n")
-        );
-    }
+    assert_eq!(
+        result.stdout.len(),
+        52_428_800,
+        "{result:?}\n{}",
+        node.pod_diagnostics(&pod)
+    );
     assert!(result.stdout.iter().all(|&b| b == 0));
     assert_eq!(result.exit_code().unwrap(), 0);
 

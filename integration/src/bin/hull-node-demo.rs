@@ -160,7 +160,10 @@ async fn run_demo(socket: &Path, image: &str, log_dir: &Path) -> Result<()> {
         short(&pod),
         elapsed.as_secs_f64()
     );
-    let result = run_container(&mut runtime, &pod, &pod_config, image, &pod_log_dir).await;
+    let mut result = run_container(&mut runtime, &pod, &pod_config, image, &pod_log_dir).await;
+    if result.is_ok() {
+        result = exec_demo(&mut runtime, &pod, &pod_config, image).await;
+    }
     // The pod goes whatever happened to the container.
     let stopped = runtime
         .stop_pod_sandbox(cri::StopPodSandboxRequest {
@@ -255,6 +258,78 @@ async fn run_container(
     if status.exit_code != 0 {
         bail!("the demo container failed");
     }
+    Ok(())
+}
+
+/// `crictl exec` without crictl: a container that keeps running, an Exec
+/// through the streaming server (whose URL works from this host even when
+/// hulld runs in the test VM), its output and exit code.
+async fn exec_demo(
+    runtime: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    pod: &str,
+    pod_config: &cri::PodSandboxConfig,
+    image: &str,
+) -> Result<()> {
+    let config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "shell".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "600".into()],
+        ..Default::default()
+    };
+    let id = runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.to_owned(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .context("CreateContainer")?
+        .into_inner()
+        .container_id;
+    runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .context("StartContainer")?;
+    let url = runtime
+        .exec(cri::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo exec in $(hostname): $(uname -r)".into(),
+            ],
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .await
+        .context("Exec")?
+        .into_inner()
+        .url;
+    let result = hull_integration::streaming::spdy_command(
+        &url,
+        hull_integration::streaming::CommandOptions {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .with_context(|| format!("exec through the streaming server at {url}"))?;
+    println!(
+        "{} (through the streaming server, {}; exit code {})",
+        result.stdout_text().trim(),
+        url.split("/exec/").next().unwrap_or_default(),
+        result.exit_code()?
+    );
     Ok(())
 }
 
