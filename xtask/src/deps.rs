@@ -129,6 +129,7 @@ pub const PACKAGES: &[(&str, &str, Need)] = &[
         "systemd-analyze verify for the unit file",
         Need::Test,
     ),
+    ("g++", "libFuzzer, which the fuzz targets build", Need::Test),
 ];
 
 const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/hull-bookworm-backports.list";

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cache;
 mod deps;
+mod fuzz;
 mod initramfs;
 mod install;
 mod kernel;
@@ -32,10 +33,13 @@ enum Command {
     Node(node::NodeArgs),
     /// Install the Debian packages hull's build, tests and dev node need.
     Deps,
-    /// Run a benchmark against its baseline: image-pull, vmm-boot, pod-start, net.
+    /// Run a benchmark against its baseline: image-pull, vmm-boot, pod-start,
+    /// net, stream.
     Bench(bench::BenchArgs),
     /// Run the whole test suite: lints, unit and integration tests, VM tests.
     Test(test::TestArgs),
+    /// Run the fuzz targets (nightly toolchain, libFuzzer) for a while each.
+    Fuzz(fuzz::FuzzArgs),
     /// Build hull's guest kernel (cached) and print the path of its vmlinux.
     Kernel,
     /// Build the static guest agent and its initramfs; print the archive's path.
@@ -66,6 +70,7 @@ fn main() -> Result<()> {
         Command::Deps => deps::install(),
         Command::Bench(args) => bench::run_cli(args),
         Command::Test(args) => test::run_all(args),
+        Command::Fuzz(args) => fuzz::run_cli(args),
         Command::Kernel => kernel::run_cli(),
         Command::Initramfs(args) => initramfs::run_cli(args),
         Command::Install(args) => install::install_cli(args),

@@ -18,6 +18,9 @@ pub struct TestArgs {
     /// Skip the tests that need a working KVM (the `vm_*` targets).
     #[arg(long)]
     no_vm: bool,
+    /// Seconds each fuzz target runs (0: none; needs a nightly toolchain).
+    #[arg(long, default_value_t = 15)]
+    fuzz_seconds: u64,
 }
 
 pub fn run_lints() -> Result<()> {
@@ -41,6 +44,15 @@ pub fn run_all(args: TestArgs) -> Result<()> {
     // the binaries of the package under test, so build these two first.
     run(cargo().args(["build", "-p", "cri-server", "-p", "vm-runtime", "--bins"]))?;
     run(cargo().args(["test", "--workspace"]))?;
+    // The parsers that take bytes from guests and clients, under libFuzzer
+    // for a short while.
+    if args.fuzz_seconds > 0 {
+        if crate::fuzz::nightly_available() {
+            crate::fuzz::run_all(args.fuzz_seconds)?;
+        } else {
+            eprintln!("xtask: no nightly toolchain here: the fuzz targets were not run");
+        }
+    }
     // VM tests: `vm_*` targets of hull-integration, all in one test VM boot
     // (see xtask/src/testvm/suite.rs).
     if !args.no_vm {
