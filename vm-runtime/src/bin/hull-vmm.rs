@@ -41,6 +41,14 @@ struct Args {
 
 fn main() -> Result<()> {
     timeline::mark_process_start();
+    // One malloc arena for every thread. glibc gives threads their own
+    // arenas, whose heaps grow with mprotect and, when they shrink, open
+    // /proc/sys/vm/overcommit_memory: a seccomp-confined device thread
+    // moving much data through vsock was killed for that openat. The main
+    // arena grows with brk and mmap only, which every filter allows.
+    // SAFETY: mallopt only sets a malloc tunable, and no other thread
+    // exists yet.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("HULL_VMM_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
