@@ -237,18 +237,12 @@ impl Session {
         let creation_timeout = Duration::from_secs(self.settings.stream_creation_timeout_secs);
         let service = self.service.clone();
         self.start(span, move |io| match request {
-            StreamRequest::PortForward(target) => {
-                over_spdy::serve_port_forward(io, creation_timeout, move |port, streams| {
-                    port_forward::forward_to_pod(
-                        service.clone(),
-                        target.pod_id.clone(),
-                        port,
-                        streams,
-                    )
-                    .boxed()
-                })
-                .boxed()
-            }
+            StreamRequest::PortForward(target) => over_spdy::serve_port_forward(
+                io,
+                creation_timeout,
+                pod_forwarder(service, target.pod_id),
+            )
+            .boxed(),
             command => {
                 let (wanted, run) = command_runner(service, command);
                 over_spdy::serve_command(
@@ -293,25 +287,12 @@ impl Session {
                 {
                     let runner: SessionRunner = Box::new(move |io| {
                         async move {
-                            let socket = WebSocketStream::from_raw_socket(
-                                io,
-                                Role::Server,
-                                Some(websocket::config()),
-                            )
-                            .await;
+                            let socket = accept_websocket(io).await;
                             let bytes = websocket::byte_stream(socket);
                             over_spdy::serve_port_forward(
                                 bytes,
                                 creation_timeout,
-                                move |port, streams| {
-                                    port_forward::forward_to_pod(
-                                        service.clone(),
-                                        target.pod_id.clone(),
-                                        port,
-                                        streams,
-                                    )
-                                    .boxed()
-                                },
+                                pod_forwarder(service, target.pod_id),
                             )
                             .await;
                         }
@@ -340,21 +321,12 @@ impl Session {
                     }
                     let runner: SessionRunner = Box::new(move |io| {
                         async move {
-                            let socket = WebSocketStream::from_raw_socket(
-                                io,
-                                Role::Server,
-                                Some(websocket::config()),
+                            let socket = accept_websocket(io).await;
+                            websocket::serve_port_forward(
+                                socket,
+                                ports,
+                                pod_forwarder(service, target.pod_id),
                             )
-                            .await;
-                            websocket::serve_port_forward(socket, ports, move |port, streams| {
-                                port_forward::forward_to_pod(
-                                    service.clone(),
-                                    target.pod_id.clone(),
-                                    port,
-                                    streams,
-                                )
-                                .boxed()
-                            })
                             .await;
                         }
                         .boxed()
@@ -374,12 +346,7 @@ impl Session {
                     status::command_protocol_version(protocol.unwrap_or(status::CHANNEL_V1));
                 let runner: SessionRunner = Box::new(move |io| {
                     async move {
-                        let socket = WebSocketStream::from_raw_socket(
-                            io,
-                            Role::Server,
-                            Some(websocket::config()),
-                        )
-                        .await;
+                        let socket = accept_websocket(io).await;
                         let (wanted, run) = command_runner(service, command);
                         websocket::serve_command(socket, version, wanted, run).await;
                     }
@@ -435,6 +402,23 @@ impl Session {
             }
             .instrument(span),
         );
+    }
+}
+
+/// The upgraded connection as the server end of a WebSocket.
+async fn accept_websocket(io: Upgraded) -> WebSocketStream<Upgraded> {
+    WebSocketStream::from_raw_socket(io, Role::Server, Some(websocket::config())).await
+}
+
+/// Connects each forwarded connection to its port in pod `pod_id`, through
+/// the pod's agent.
+fn pod_forwarder(
+    service: Arc<CriService>,
+    pod_id: String,
+) -> impl Fn(u16, port_forward::PortStreams) -> futures::future::BoxFuture<'static, Result<(), String>>
+{
+    move |port, streams| {
+        port_forward::forward_to_pod(service.clone(), pod_id.clone(), port, streams).boxed()
     }
 }
 

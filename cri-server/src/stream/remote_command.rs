@@ -101,18 +101,10 @@ pub async fn run_exec(
         exec_id: exec_id.clone(),
     };
     let helpers = process.spawn_input(streams.stdin, streams.resize, true);
-    let output = pod
-        .agent()
-        .read_output(agent::ReadOutputRequest {
-            container_id: container_id.clone(),
-            exec_id: exec_id.clone(),
-            ..Default::default()
-        })
-        .await;
-    let relayed = match output {
+    let relayed = match process.read_output().await {
         Ok(output) => {
             relay(
-                output.into_inner().map(|item| item.map(Arc::new)),
+                output,
                 streams.stdout,
                 streams.stderr,
                 streams.client_gone,
@@ -120,10 +112,9 @@ pub async fn run_exec(
             )
             .await
         }
-        Err(status) => Relay::Failed(format!(
-            "cannot read the output of {:?}: {}",
-            target.cmd,
-            status.message()
+        Err(message) => Relay::Failed(format!(
+            "cannot read the output of {:?}: {message}",
+            target.cmd
         )),
     };
     helpers.abort();
@@ -181,11 +172,19 @@ pub async fn run_attach(
         .with_container(&container_id, |c| c.output_tee.clone())
         .and_then(|tee| tee.upgrade())
         .map(|sender| sender.subscribe());
-    let relayed = match subscription {
+    let output: Result<OutputStream, String> = match subscription {
         // The log pump reads the output: share it.
-        Some(receiver) => {
+        Some(receiver) => Ok(Box::pin(subscribe(receiver, container_id.clone()))),
+        // No log file (or its pump is gone): read the output directly.
+        None => process
+            .read_output()
+            .await
+            .map_err(|message| format!("cannot read the container's output: {message}")),
+    };
+    let relayed = match output {
+        Ok(output) => {
             relay(
-                subscribe(receiver, container_id.clone()),
+                output,
                 streams.stdout,
                 streams.stderr,
                 streams.client_gone,
@@ -193,30 +192,7 @@ pub async fn run_attach(
             )
             .await
         }
-        // No log file (or its pump is gone): read the output directly.
-        None => match pod
-            .agent()
-            .read_output(agent::ReadOutputRequest {
-                container_id: container_id.clone(),
-                ..Default::default()
-            })
-            .await
-        {
-            Ok(output) => {
-                relay(
-                    output.into_inner().map(|item| item.map(Arc::new)),
-                    streams.stdout,
-                    streams.stderr,
-                    streams.client_gone,
-                    &container_id,
-                )
-                .await
-            }
-            Err(status) => Relay::Failed(format!(
-                "cannot read the container's output: {}",
-                status.message()
-            )),
-        },
+        Err(message) => Relay::Failed(message),
     };
     helpers.abort();
     let outcome = match relayed {
@@ -233,7 +209,7 @@ fn subscribe(
     mut receiver: broadcast::Receiver<Arc<agent::OutputChunk>>,
     container_id: String,
 ) -> impl futures::Stream<Item = Result<Arc<agent::OutputChunk>, tonic::Status>> + Send + Unpin {
-    Box::pin(async_stream_from(move |sender| async move {
+    async_stream_from(move |sender| async move {
         loop {
             match receiver.recv().await {
                 Ok(chunk) => {
@@ -251,7 +227,7 @@ fn subscribe(
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
-    }))
+    })
 }
 
 /// A stream fed by a task through a small channel.
@@ -265,6 +241,10 @@ where
     tokio::spawn(producer(sender));
     ReceiverStream::new(receiver)
 }
+
+/// Output chunks of a process, from the agent or the log pump's tee.
+type OutputStream =
+    futures::stream::BoxStream<'static, Result<Arc<agent::OutputChunk>, tonic::Status>>;
 
 /// How relaying output ended.
 enum Relay {
@@ -427,6 +407,22 @@ impl Process {
             }));
         }
         InputTasks(tasks)
+    }
+
+    /// The process's output straight from the agent (for a process whose
+    /// output nobody else reads); the error is the agent's message.
+    async fn read_output(&self) -> Result<OutputStream, String> {
+        let output = self
+            .pod
+            .agent()
+            .read_output(agent::ReadOutputRequest {
+                container_id: self.container_id.clone(),
+                exec_id: self.exec_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|status| status.message().to_string())?;
+        Ok(Box::pin(output.into_inner().map(|item| item.map(Arc::new))))
     }
 
     /// Waits for the exec'd process and describes its exit.

@@ -204,22 +204,7 @@ async fn run_container(
         ..Default::default()
     };
     std::fs::create_dir_all(pod_log_dir.join("hello"))?;
-    let id = runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.to_owned(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .context("CreateContainer")?
-        .into_inner()
-        .container_id;
-    runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .context("StartContainer")?;
+    let id = create_and_start(runtime, pod, pod_config, config).await?;
     let started = Instant::now();
     let status = loop {
         let status = runtime
@@ -282,22 +267,7 @@ async fn exec_demo(
         command: vec!["sleep".into(), "600".into()],
         ..Default::default()
     };
-    let id = runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.to_owned(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .context("CreateContainer")?
-        .into_inner()
-        .container_id;
-    runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .context("StartContainer")?;
+    let id = create_and_start(runtime, pod, pod_config, config).await?;
     let url = runtime
         .exec(cri::ExecRequest {
             container_id: id.clone(),
@@ -331,6 +301,32 @@ async fn exec_demo(
         result.exit_code()?
     );
     Ok(())
+}
+
+/// CreateContainer and StartContainer; returns the container's id.
+async fn create_and_start(
+    runtime: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    pod: &str,
+    pod_config: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> Result<String> {
+    let id = runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.to_owned(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .context("CreateContainer")?
+        .into_inner()
+        .container_id;
+    runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .context("StartContainer")?;
+    Ok(id)
 }
 
 fn short(id: &str) -> &str {
