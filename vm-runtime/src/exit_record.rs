@@ -2,9 +2,10 @@
 //! saying what ended the VM.
 //!
 //! Contract with hulld: the record exists once the VMM has exited on its
-//! own terms. A VMM process that is gone while its record is missing died
-//! without a say (`kill -9`, OOM kill, crash of the VMM itself): hulld
-//! reports that from the missing record and the dead pid.
+//! own terms, including when its seccomp filter stopped one of its threads.
+//! A VMM process that is gone while its record is missing died without a
+//! say (`kill -9`, OOM kill, crash of the VMM itself): hulld reports that
+//! from the missing record and the dead pid.
 
 use std::fs::File;
 use std::io::Write;
@@ -12,6 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::seccomp::ThreadKind;
 use crate::vmm::timeline::BootPhases;
 
 /// What ended the VM.
@@ -33,6 +35,14 @@ pub enum ExitReason {
     Stopped { mode: StopMode },
     /// The VMM hit an error it could not recover from.
     VmmError { message: String },
+    /// A VMM thread made a system call its seccomp filter refuses (a bug in
+    /// the VMM, or a thread taken over by a guest): the VMM ended itself.
+    SeccompViolation {
+        /// The x86_64 system call number.
+        syscall: i64,
+        /// The role of the thread that made it.
+        thread: ThreadKind,
+    },
 }
 
 /// How a requested stop ended.
@@ -187,6 +197,15 @@ mod tests {
         );
         let json = serde_json::to_string(&record(ExitReason::TripleFault)).unwrap();
         assert!(json.contains(r#"{"kind":"triple_fault"}"#), "{json}");
+        let json = serde_json::to_string(&record(ExitReason::SeccompViolation {
+            syscall: 41,
+            thread: ThreadKind::Devices,
+        }))
+        .unwrap();
+        assert!(
+            json.contains(r#"{"kind":"seccomp_violation","syscall":41,"thread":"devices"}"#),
+            "{json}"
+        );
     }
 
     #[test]

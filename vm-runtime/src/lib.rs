@@ -9,5 +9,6 @@ pub mod fuzzing;
 pub mod host_check;
 pub mod privileges;
 pub mod seccomp;
+pub mod sigsys;
 pub mod vmm;
 pub mod vstate;

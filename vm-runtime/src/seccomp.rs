@@ -1,9 +1,8 @@
 //! Per-thread seccomp filters, installed by each thread once its setup is
 //! done. A thread may make only the system calls on its list; `ioctl` is
 //! further restricted by request number. A call off the list raises SIGSYS,
-//! whose handler prints the syscall number to stderr and ends the VMM with
-//! exit status [`SECCOMP_EXIT_STATUS`] (no exit record: to hulld this is a
-//! VMM that died without a say, as with `kill -9`).
+//! and the VMM ends with exit status [`SECCOMP_EXIT_STATUS`] and an exit
+//! record naming the syscall and the thread (see [`crate::sigsys`]).
 //!
 //! The lists are documented in `docs/vmm.md`; keep the two in step.
 
@@ -18,7 +17,8 @@ use seccompiler::{
 pub const SECCOMP_EXIT_STATUS: i32 = 159;
 
 /// The VMM's thread roles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ThreadKind {
     /// Runs `KVM_RUN` and emulates port I/O and MMIO.
     Vcpu,
@@ -28,6 +28,18 @@ pub enum ThreadKind {
     Control,
     /// Waits for the VM to end and writes the exit record.
     Main,
+}
+
+impl ThreadKind {
+    /// The role's name, as the exit record spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Devices => "devices",
+            ThreadKind::Control => "control",
+            ThreadKind::Main => "main",
+        }
+    }
 }
 
 /// Why filters could not be built or installed.
@@ -225,27 +237,10 @@ impl Filters {
     }
 }
 
-thread_local! {
-    /// The calling thread's role, for the SIGSYS message (a plain TLS read,
-    /// safe in a signal handler).
-    static THREAD_ROLE: std::cell::Cell<&'static [u8]> = const { std::cell::Cell::new(b"unconfined") };
-}
-
-impl ThreadKind {
-    fn name(self) -> &'static [u8] {
-        match self {
-            ThreadKind::Vcpu => b"vcpu",
-            ThreadKind::Devices => b"devices",
-            ThreadKind::Control => b"control",
-            ThreadKind::Main => b"main",
-        }
-    }
-}
-
 /// Installs `filter` on the calling thread; a thread that cannot be
 /// confined must not run, so failure ends the VMM.
 pub fn apply_or_exit(filter: &BpfProgram, kind: ThreadKind) {
-    THREAD_ROLE.with(|role| role.set(kind.name()));
+    crate::sigsys::set_thread_role(kind);
     if let Err(error) = seccompiler::apply_filter(filter) {
         tracing::error!(?kind, %error, "cannot install the seccomp filter; exiting");
         std::process::exit(SECCOMP_EXIT_STATUS);
@@ -253,58 +248,8 @@ pub fn apply_or_exit(filter: &BpfProgram, kind: ThreadKind) {
     tracing::debug!(?kind, "seccomp filter installed");
 }
 
-/// Offset of `si_syscall` in a SIGSYS `siginfo_t` on x86_64: three ints,
-/// padding to 8, then `si_call_addr` (a pointer).
-const SI_SYSCALL_OFFSET: usize = 24;
-
-extern "C" fn on_sigsys(_num: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo_t for SIGSYS; for
-    // SYS_SECCOMP its `si_syscall` int lies at SI_SYSCALL_OFFSET, inside the
-    // 128-byte structure.
-    let nr = unsafe {
-        info.cast::<u8>()
-            .add(SI_SYSCALL_OFFSET)
-            .cast::<libc::c_int>()
-            .read_unaligned()
-    };
-    // Only async-signal-safe work: format into a stack buffer, write, _exit.
-    const PREFIX: &[u8] = b"hull-vmm: seccomp blocked syscall ";
-    let mut msg = [0u8; PREFIX.len() + 48];
-    msg[..PREFIX.len()].copy_from_slice(PREFIX);
-    let mut digits = [0u8; 10];
-    let mut count = 0;
-    let mut n = nr.unsigned_abs();
-    loop {
-        digits[count] = b'0' + (n % 10) as u8;
-        count += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let mut len = PREFIX.len();
-    for d in digits[..count].iter().rev() {
-        msg[len] = *d;
-        len += 1;
-    }
-    let role = THREAD_ROLE.with(|role| role.get());
-    for b in b" in the ".iter().chain(role).chain(b" thread\n") {
-        if len < msg.len() {
-            msg[len] = *b;
-            len += 1;
-        }
-    }
-    // SAFETY: writes a valid buffer to stderr, then ends the process without
-    // running any non-reentrant code; both calls are async-signal-safe.
-    unsafe {
-        libc::write(2, msg.as_ptr().cast(), len);
-        libc::_exit(SECCOMP_EXIT_STATUS);
-    }
-}
-
 fn install_sigsys_handler() -> Result<(), SeccompError> {
-    vmm_sys_util::signal::register_signal_handler(libc::SIGSYS, on_sigsys)
-        .map_err(SeccompError::Handler)
+    crate::sigsys::install_handler().map_err(SeccompError::Handler)
 }
 
 #[cfg(test)]

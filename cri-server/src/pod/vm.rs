@@ -638,6 +638,13 @@ pub fn describe_end(end: &VmEnd) -> (&'static str, String) {
                 "PodVMError",
                 format!("the pod VM's monitor failed: {message}"),
             ),
+            ExitReason::SeccompViolation { syscall, thread } => (
+                "PodVMError",
+                format!(
+                    "the pod VM's monitor was stopped by its own seccomp filter: its {} thread made system call {syscall}, which that thread may not make (a hull-vmm bug; please report it with the VMM log)",
+                    thread.name()
+                ),
+            ),
         },
         VmEnd::Vanished {
             pid,
@@ -744,6 +751,17 @@ mod tests {
         })));
         assert_eq!(reason, "PodVMKernelPanic");
         assert!(message.contains("sysrq triggered crash"));
+        let (reason, message) =
+            describe_end(&VmEnd::Recorded(record(ExitReason::SeccompViolation {
+                syscall: 41,
+                thread: vm_runtime::seccomp::ThreadKind::Devices,
+            })));
+        assert_eq!(reason, "PodVMError");
+        assert!(
+            message.contains("seccomp filter")
+                && message.contains("devices thread made system call 41"),
+            "{message}"
+        );
         let (reason, message) = describe_end(&VmEnd::Vanished {
             pid: 42,
             oom_killed: true,

@@ -20,6 +20,7 @@ use crate::devices::bus::lock;
 use crate::exit_record::{self, ExitReason, ExitRecord, StopMode};
 use crate::privileges;
 use crate::seccomp::{self, Filters, ThreadKind};
+use crate::sigsys;
 use builder::{BootRequest, VmHandle, VmmEnvironment};
 use events::{GuestEvent, VmmEvent};
 use timeline::{BootPhase, BootTimeline};
@@ -76,6 +77,8 @@ pub enum VmmError {
     Seccomp(#[from] seccomp::SeccompError),
     #[error("cannot start the control thread")]
     ControlThread(#[source] std::io::Error),
+    #[error("cannot start the seccomp fault reporter")]
+    FaultReporter(#[source] std::io::Error),
     #[error("cannot write the exit record")]
     ExitRecord(#[from] exit_record::ExitRecordError),
 }
@@ -139,8 +142,18 @@ pub fn run(options: VmmOptions) -> Result<VmmExit, VmmError> {
             },
         )?;
     }
+    let timeline = Arc::new(BootTimeline::default());
     let filters = if options.seccomp {
-        Some(Arc::new(Filters::build()?))
+        let filters = Filters::build()?;
+        // Before any thread is confined: a refused syscall then ends the
+        // VMM with an exit record saying which, not silently.
+        sigsys::start_fault_reporter(
+            &options.exit_record,
+            timeline.clone(),
+            Some(filters.get(ThreadKind::Main)),
+        )
+        .map_err(VmmError::FaultReporter)?;
+        Some(Arc::new(filters))
     } else {
         None
     };
@@ -161,7 +174,6 @@ pub fn run(options: VmmOptions) -> Result<VmmExit, VmmError> {
             .map_err(VmmError::ControlThread)?;
         tracing::info!(path = %path.display(), "control socket listening");
     }
-    let timeline = Arc::new(BootTimeline::default());
     let mut vm: Option<Arc<VmHandle>> = None;
     if let Some(path) = &options.config_file {
         let text = std::fs::read_to_string(path).map_err(|source| VmmError::ConfigFile {
