@@ -132,10 +132,11 @@ impl Node {
         }
     }
 
-    /// A node whose pods join a CNI network: Debian's bridge plugin with
-    /// host-local addresses from a /24 of its own (gateway on the node's
-    /// bridge, see [`Node::gateway`]) and portmap. Its leases live in
-    /// hulld's directory.
+    /// A node whose pods join a dual-stack CNI network: Debian's bridge
+    /// plugin with host-local addresses from a /24 and an IPv6 /64 of its
+    /// own (gateways on the node's bridge, see [`Node::gateway`] and
+    /// [`Node::gateway6`]) and portmap. Its leases live in hulld's
+    /// directory.
     pub async fn start_with_network() -> Node {
         let mut node = Node::start().await;
         node.network_index = NETWORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -158,6 +159,16 @@ impl Node {
         format!("{}.1", self.subnet_prefix())
     }
 
+    /// The pods' IPv6 /64 without its `::/64`, e.g. `fd00:10:88:7`.
+    pub fn subnet6_prefix(&self) -> String {
+        format!("fd00:10:88:{}", 7 + u16::from(self.network_index))
+    }
+
+    /// The node's IPv6 address on the pods' bridge (their IPv6 gateway).
+    pub fn gateway6(&self) -> String {
+        format!("{}::1", self.subnet6_prefix())
+    }
+
     /// (Re)writes the CNI network of [`Node::start_with_network`], with
     /// `first_plugins` (plugin configs) chained before bridge and portmap.
     pub fn write_network(&self, first_plugins: &[serde_json::Value]) {
@@ -175,8 +186,11 @@ impl Node {
                     "hairpinMode": true,
                     "ipam": {
                         "type": "host-local",
-                        "ranges": [[{"subnet": format!("{}.0/24", self.subnet_prefix())}]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "ranges": [
+                            [{"subnet": format!("{}.0/24", self.subnet_prefix())}],
+                            [{"subnet": format!("{}::/64", self.subnet6_prefix())}]
+                        ],
+                        "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
                         "dataDir": self.ipam_dir(),
                     }
                 },
@@ -238,6 +252,23 @@ impl Node {
             .filter(|ip| !ip.is_empty())
             .chain(network.additional_ips.into_iter().map(|ip| ip.ip))
             .collect()
+    }
+
+    /// The sandbox record hulld shows in PodSandboxStatus's verbose info.
+    pub async fn sandbox_info(&self, id: &str) -> serde_json::Value {
+        let response = self
+            .hulld
+            .runtime()
+            .await
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner();
+        let info = response.info.get("info").expect("verbose info");
+        serde_json::from_str(info).expect("the verbose info is JSON")
     }
 
     pub async fn run_pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {

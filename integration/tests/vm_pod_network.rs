@@ -12,12 +12,14 @@ use std::time::Duration;
 use hull_integration::pod_node::Node;
 use k8s_cri::v1 as cri;
 
-/// Pods on a CNI network (Debian's bridge + host-local + portmap in the
-/// test VM): their IPs, pod to pod and node to pod traffic through the tap
-/// and the VM, a hostPort, and a teardown that leaves nothing behind.
+/// Pods on a dual-stack CNI network (Debian's bridge + host-local +
+/// portmap in the test VM): their IPv4 and IPv6 addresses, pod to pod and
+/// node to pod traffic over both through the tap and the VM, a hostPort
+/// on both, CNI CHECK after hulld restarts (passing, then failing on a
+/// deleted veth), and a teardown that leaves nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_on_a_cni_network_reach_each_other_and_the_node() {
-    let node = Node::start_with_network().await;
+    let mut node = Node::start_with_network().await;
     let (a, a_config) = node.run_pod("net-a").await;
     let mut b_config = node.pod_config("net-b");
     b_config.port_mappings = vec![cri::PortMapping {
@@ -28,18 +30,23 @@ async fn pods_on_a_cni_network_reach_each_other_and_the_node() {
     }];
     let (b, b_config) = node.run_pod_with(b_config).await;
     let (a_ips, b_ips) = (node.pod_ips(&a).await, node.pod_ips(&b).await);
-    assert!(
-        a_ips.len() == 1 && a_ips[0].starts_with(&format!("{}.", node.subnet_prefix())),
-        "{a_ips:?}"
-    );
-    assert!(
-        b_ips.len() == 1 && b_ips[0].starts_with(&format!("{}.", node.subnet_prefix())),
-        "{b_ips:?}"
-    );
+    // Dual stack: the IPv4 address first (PodSandboxStatus's ip), the IPv6
+    // one as the additional IP.
+    for ips in [&a_ips, &b_ips] {
+        assert_eq!(ips.len(), 2, "{ips:?}");
+        assert!(
+            ips[0].starts_with(&format!("{}.", node.subnet_prefix())),
+            "{ips:?}"
+        );
+        assert!(
+            ips[1].starts_with(&format!("{}:", node.subnet6_prefix())),
+            "{ips:?}"
+        );
+    }
     assert_ne!(a_ips, b_ips);
-    let b_ip = b_ips[0].clone();
+    let (b_ip, b_ip6) = (b_ips[0].clone(), b_ips[1].clone());
 
-    // Pod B serves HTTP on its own IP, inside its VM.
+    // Pod B serves HTTP on its own IPs, inside its VM.
     node.run_container(
         &b,
         &b_config,
@@ -47,15 +54,18 @@ async fn pods_on_a_cni_network_reach_each_other_and_the_node() {
         "mkdir -p /srv && echo served-by-pod-b > /srv/index.html && httpd -f -p 8080 -h /srv",
     )
     .await;
-    // Pod A's container sees its CNI address on eth0 and reaches pod B.
+    // Pod A's container sees its CNI addresses on eth0 and reaches pod B
+    // over both families.
     let client = node
         .run_container(
             &a,
             &a_config,
             "client",
             &format!(
-                "ip -o -4 addr show dev eth0; ip route; \
-                 for i in $(seq 30); do timeout 5 wget -q -O - http://{b_ip}:8080/ && exit 0; sleep 1; done; exit 1"
+                "ip -o addr show dev eth0; ip route; ip -6 route; \
+                 get() {{ for i in $(seq 30); do timeout 5 wget -q -O - \"$1\" && return 0; sleep 1; done; return 1; }}; \
+                 get http://{b_ip}:8080/ && echo 'over IPv4: done' && \
+                 get 'http://[{b_ip6}]:8080/' && echo 'over IPv6: done'"
             ),
         )
         .await;
@@ -63,16 +73,66 @@ async fn pods_on_a_cni_network_reach_each_other_and_the_node() {
     let log = node.log_of("net-a", "client");
     assert_eq!(status.exit_code, 0, "{log}\n{}", node.hulld.log());
     assert!(log.contains(&format!("inet {}/24", a_ips[0])), "{log}");
+    assert!(log.contains(&format!("inet6 {}/64", a_ips[1])), "{log}");
     let default_route = format!("default via {} dev eth0", node.gateway());
     assert!(log.contains(&default_route), "{log}");
-    assert!(log.contains("served-by-pod-b"), "{log}");
+    let default_route6 = format!("default via {} dev eth0", node.gateway6());
+    assert!(log.contains(&default_route6), "{log}");
+    assert!(log.contains("over IPv4: done"), "{log}");
+    assert!(log.contains("over IPv6: done"), "{log}");
+    assert_eq!(log.matches("served-by-pod-b").count(), 2, "{log}");
 
-    // The node reaches the pod by its IP, through the bridge, and through
-    // the hostPort on its own address (portmap's DNAT).
-    let body = http_get(&b_ip, 8080).await;
-    assert!(body.contains("served-by-pod-b"), "{body}");
-    let body = http_get(&node.gateway(), HOST_PORT).await;
-    assert!(body.contains("served-by-pod-b"), "{body}");
+    // The node reaches the pod by its IPs, through the bridge, and through
+    // the hostPort on its own addresses (portmap's DNAT, both families).
+    for (ip, port) in [
+        (&b_ip, 8080),
+        (&b_ip6, 8080),
+        (&node.gateway(), HOST_PORT),
+        (&node.gateway6(), HOST_PORT),
+    ] {
+        let body = http_get(ip, port).await;
+        assert!(body.contains("served-by-pod-b"), "{ip} {port}: {body}");
+    }
+
+    // hulld restarts: it takes the pods back and runs CNI CHECK on their
+    // networks, which pass. Then pod A's veth goes while hulld is down
+    // (an admin's or another agent's mistake): the next CHECK fails and
+    // says so, and the pod stays as it is.
+    node.hulld.restart().await;
+    for pod in [&a, &b] {
+        let check = last_check_after(&node, pod, 0).await;
+        assert_eq!(check["outcome"], "passed", "{check}");
+    }
+    let body = http_get(&b_ip6, 8080).await;
+    assert!(
+        body.contains("served-by-pod-b"),
+        "after the restart: {body}"
+    );
+    let before = last_check_after(&node, &a, 0).await["unix_time_ms"]
+        .as_u64()
+        .unwrap();
+    let veth = host_veth(&node, &a).await;
+    let deleted = std::process::Command::new("ip")
+        .args(["link", "del", "dev", &veth])
+        .status()
+        .unwrap();
+    assert!(deleted.success(), "ip link del {veth}");
+    node.hulld.restart().await;
+    let check = last_check_after(&node, &a, before).await;
+    assert_eq!(check["outcome"], "failed", "{check}");
+    let detail = check["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("bridge"), "{check}");
+    assert!(
+        node.hulld
+            .log()
+            .contains("CNI CHECK of an adopted pod's network failed"),
+        "{}",
+        node.hulld.log()
+    );
+    assert_eq!(
+        node.pod_state(&a).await,
+        cri::PodSandboxState::SandboxReady as i32
+    );
 
     // Stop and remove: the namespaces and veths go, stop again is a no-op.
     for pod in [&a, &b] {
@@ -105,6 +165,40 @@ async fn pods_on_a_cni_network_reach_each_other_and_the_node() {
         "veths left on {}: {veths:?}",
         node.bridge()
     );
+}
+
+/// The pod's last CNI CHECK (from PodSandboxStatus's verbose info) once
+/// one newer than `after` (ms since the epoch) is there; hulld runs them in
+/// the background after taking the pods back.
+async fn last_check_after(node: &Node, pod: &str, after: u64) -> serde_json::Value {
+    for _ in 0..100 {
+        let info = node.sandbox_info(pod).await;
+        let check = &info["status"]["network"]["last_check"];
+        if check["unix_time_ms"].as_u64().is_some_and(|t| t > after) {
+            return check.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "no CNI CHECK of {pod} recorded after {after}:\n{}",
+        node.hulld.log()
+    );
+}
+
+/// The node-side veth of the pod's CNI attachment (from its CNI result).
+async fn host_veth(node: &Node, pod: &str) -> String {
+    let info = node.sandbox_info(pod).await;
+    let interfaces = info["status"]["network"]["result"]["interfaces"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    interfaces
+        .iter()
+        .filter(|i| i.get("sandbox").is_none())
+        .filter_map(|i| i["name"].as_str())
+        .find(|name| *name != node.bridge())
+        .unwrap_or_else(|| panic!("no host veth in {interfaces:?}"))
+        .to_string()
 }
 
 /// The pod's hostPort in the network test.
@@ -154,8 +248,8 @@ esac
 exit 0
 "#;
 
-/// 20 pods with a hostPort started and removed leave no namespace, veth,
-/// iptables rule or address lease; a CNI DEL that fails fails
+/// 20 dual-stack pods with a hostPort started and removed leave no
+/// namespace, veth, iptables or ip6tables rule or address lease; a CNI DEL that fails fails
 /// StopPodSandbox and RemovePodSandbox, keeps the namespace, and the next
 /// stop retries it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +265,7 @@ async fn pod_networks_leave_nothing_behind_and_a_failed_del_is_retried() {
             host_ip: String::new(),
         }];
         let (pod, _) = node.run_pod_with(config).await;
-        assert_eq!(node.pod_ips(&pod).await.len(), 1, "cycle {cycle}");
+        assert_eq!(node.pod_ips(&pod).await.len(), 2, "cycle {cycle}");
         stop(&node, &pod).await.expect("StopPodSandbox");
         remove(&node, &pod).await.expect("RemovePodSandbox");
         ids.push(pod);
@@ -186,15 +280,20 @@ async fn pod_networks_leave_nothing_behind_and_a_failed_del_is_retried() {
         "veths left on {}: {veths:?}",
         node.bridge()
     );
-    let rules = String::from_utf8(
-        std::process::Command::new("iptables-save")
-            .output()
-            .expect("iptables-save")
-            .stdout,
-    )
-    .unwrap();
-    for id in &ids {
-        assert!(!rules.contains(id.as_str()), "rules of {id} left:\n{rules}");
+    for tool in ["iptables-save", "ip6tables-save"] {
+        let rules = String::from_utf8(
+            std::process::Command::new(tool)
+                .output()
+                .unwrap_or_else(|e| panic!("{tool}: {e}"))
+                .stdout,
+        )
+        .unwrap();
+        for id in &ids {
+            assert!(
+                !rules.contains(id.as_str()),
+                "{tool}: rules of {id} left:\n{rules}"
+            );
+        }
     }
     let leases: Vec<String> = entries(&node.ipam_dir().join("hull-test"))
         .into_iter()

@@ -53,6 +53,25 @@ impl CriService {
             }
         }
         self.remove_stray_netns().await;
+        // CNI CHECK of the adopted pods' networks, in the background: the
+        // plugins take a while per pod and the socket should not wait.
+        let adopted: Vec<String> = self.pods.all().iter().map(|p| p.id.clone()).collect();
+        if !adopted.is_empty() {
+            let service = self.clone();
+            tokio::spawn(async move {
+                for id in adopted {
+                    // Under the pod's lock, and not once a stop began: the
+                    // network may be going away.
+                    let Some(pod) = service.pods.get(&id) else {
+                        continue;
+                    };
+                    let _guard = pod.lock.lock().await;
+                    if !pod.is_stopping() {
+                        service.check_pod_network(&id).await;
+                    }
+                }
+            });
+        }
     }
 
     /// A RunPodSandbox that hulld did not finish: its caller never got an

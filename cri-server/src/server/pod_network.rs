@@ -19,12 +19,12 @@ use k8s_cri::v1 as cri;
 use super::CriService;
 use crate::error::CriError;
 use crate::network::cni::{
-    Attachment, Cni, CniError, CniResult, NetworkConfigList, PortMapping, Protocol,
+    Attachment, CheckOutcome, Cni, CniError, CniResult, NetworkConfigList, PortMapping, Protocol,
 };
 use crate::network::netns::{NetnsDir, NetnsError};
 use crate::network::tap::{self, TapError};
 use crate::pod::vm::{POD_NIC, PodNic};
-use crate::store::sandbox::PodNetworkRecord;
+use crate::store::sandbox::{CheckResult, NetworkCheckRecord, PodNetworkRecord};
 
 /// The tap's name inside the pod's network namespace.
 const TAP_NAME: &str = "tap0_hull";
@@ -201,6 +201,64 @@ impl CriService {
         Ok(())
     }
 
+    /// CNI CHECK of the network of a pod hulld took back after a restart:
+    /// are its interface, addresses, routes and port mappings still as ADD
+    /// left them? The outcome goes into the sandbox record (PodSandboxStatus
+    /// shows it in its verbose info) and a failure is logged as a warning.
+    ///
+    /// A failure does not make the pod NotReady: containerd and CRI-O run
+    /// no CHECK at all, and Debian bookworm's portmap (1.1.1) fails CHECK of
+    /// every IPv4-only pod on a host with ip6tables (it looks for IPv6 rules
+    /// ADD never made), which would have the kubelet recreate such pods at
+    /// every hulld restart.
+    pub(super) async fn check_pod_network(&self, id: &str) -> Option<NetworkCheckRecord> {
+        let record = self.sandboxes.get(id)?;
+        let network_record = record.status.network.as_ref()?;
+        let result = network_record.result.as_ref()?;
+        if network_record.deleted {
+            return None;
+        }
+        let outcome = match self.network_config() {
+            Ok(Some(network)) => {
+                match attachment(id, &record.metadata.config, network_record.netns.clone()) {
+                    Ok(attachment) => self
+                        .cni()
+                        .check(&network, &attachment, result)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Ok(None) => Ok(CheckOutcome::Skipped {
+                reason: "no CNI network is configured any more".to_string(),
+            }),
+            Err(e) => Err(e.to_string()),
+        };
+        let (outcome, detail) = match outcome {
+            Ok(CheckOutcome::Passed) => (CheckResult::Passed, String::new()),
+            Ok(CheckOutcome::Skipped { reason }) => (CheckResult::Skipped, reason),
+            Err(error) => {
+                tracing::warn!(pod = id, %error, "CNI CHECK of an adopted pod's network failed; the pod keeps running");
+                (CheckResult::Failed, error)
+            }
+        };
+        let check = NetworkCheckRecord {
+            unix_time_ms: unix_time_ms(),
+            outcome,
+            detail,
+        };
+        tracing::info!(pod = id, outcome = ?check.outcome, detail = check.detail, "CNI CHECK of the pod's network");
+        let saved = self.sandboxes.update(id, |r| {
+            if let Some(network) = r.status.network.as_mut() {
+                network.last_check = Some(check.clone());
+            }
+        });
+        if let Err(error) = saved {
+            tracing::warn!(pod = id, %error, "cannot record the CNI CHECK outcome");
+        }
+        Some(check)
+    }
+
     /// Namespaces in `cni.netns_dir` that belong to no pod hulld knows
     /// (a RunPodSandbox cut short before its record said so) are removed.
     pub(super) async fn remove_stray_netns(&self) {
@@ -232,6 +290,13 @@ impl CriService {
             }
         }
     }
+}
+
+fn unix_time_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Runs blocking network work (netlink, mounts, setns threads) off the

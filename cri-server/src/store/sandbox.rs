@@ -62,6 +62,31 @@ pub struct PodNetworkRecord {
     /// CNI DEL succeeded: later stops do not call it again.
     #[serde(default)]
     pub deleted: bool,
+    /// The last CNI CHECK (hulld runs one when it takes the pod back after
+    /// a restart); PodSandboxStatus shows it in its verbose info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<NetworkCheckRecord>,
+}
+
+/// What a CNI CHECK of the pod's network found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkCheckRecord {
+    /// When it ran, milliseconds since the Unix epoch.
+    pub unix_time_ms: u64,
+    /// `passed`, `skipped` or `failed`.
+    pub outcome: CheckResult,
+    /// Why it was skipped or what failed (the plugin's error).
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// The outcome of a CNI CHECK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckResult {
+    Passed,
+    Skipped,
+    Failed,
 }
 
 /// What hulld needs to find and drive a pod's VM again after a restart.
