@@ -558,8 +558,11 @@ fn open_tap(name: &str) -> Result<OwnedFd, (&'static str, io::Error)> {
         libc::TUNSETVNETHDRSZ,
         (&mut header_len as *mut libc::c_int).cast(),
     )?;
-    // No offloads: the kernel segments and checksums before a frame
-    // reaches the tap, and the guest's virtio-net offers none either.
+    // No offloads until the guest says which it can take: hull-vmm's
+    // virtio-net sets them (TUNSETOFFLOAD) from the features the guest's
+    // driver acks when it starts the device, and turns them off on reset.
+    // Until then the kernel checksums and segments before a frame reaches
+    // the tap. Frames the guest writes may be offloaded either way.
     tun_ioctl(
         fd,
         "turn offloads off (TUNSETOFFLOAD)",

@@ -38,6 +38,9 @@ impl MutEventSubscriber for Net {
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
+        // Offload changes from activation or reset come first, before the
+        // new driver gets a frame.
+        self.apply_tap_offloads();
         let fd = events.fd();
         if fd == self.queue_events()[TX_QUEUE].as_raw_fd() {
             let _ = self.queue_events()[TX_QUEUE].read();

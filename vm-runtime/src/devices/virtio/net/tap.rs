@@ -4,12 +4,18 @@ use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+#[cfg(test)]
+use std::sync::{Arc, Mutex};
 
 use super::VNET_HDR_LEN;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `TUN_F_*` flags for [`Tap::set_offloads`].
+pub const TUN_F_CSUM: u32 = 0x01;
+pub const TUN_F_TSO4: u32 = 0x02;
+pub const TUN_F_TSO6: u32 = 0x04;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
@@ -76,11 +82,22 @@ fn set_nonblocking(file: &File) -> Result<(), TapError> {
     Ok(())
 }
 
+/// How [`Tap::set_offloads`] reaches the tap.
+#[derive(Debug)]
+enum OffloadControl {
+    /// `TUNSETOFFLOAD` on the tap fd.
+    Ioctl,
+    /// Tests: the flags are recorded instead (the test double is no tap).
+    #[cfg(test)]
+    Record(Arc<Mutex<Vec<u32>>>),
+}
+
 /// A configured tap device.
 #[derive(Debug)]
 pub struct Tap {
     file: File,
     pub name: String,
+    offloads: OffloadControl,
 }
 
 impl Tap {
@@ -142,22 +159,58 @@ impl Tap {
             TUNSETVNETHDRSZ,
             (&mut hdr_len as *mut libc::c_int).cast(),
         )?;
-        // No offloads: the guest gets and sends plain frames.
-        ioctl(
-            file.as_raw_fd(),
-            "turn offloads off",
-            TUNSETOFFLOAD,
-            std::ptr::null_mut(),
-        )?;
-        Ok(Self { file, name })
+        let tap = Self {
+            file,
+            name,
+            offloads: OffloadControl::Ioctl,
+        };
+        // No offloads until a driver says which it can receive (the device
+        // sets them when it is activated).
+        tap.set_offloads(0)?;
+        Ok(tap)
     }
 
-    /// Wraps any message-preserving fd (tests use a datagram socket pair).
+    /// Wraps any message-preserving fd (tests use a datagram socket pair);
+    /// offload changes are recorded in `offloads` instead of made.
     #[cfg(test)]
-    pub fn from_file_for_test(file: File) -> Self {
+    pub fn from_file_for_test(file: File, offloads: Arc<Mutex<Vec<u32>>>) -> Self {
         Self {
             file,
             name: "test".into(),
+            offloads: OffloadControl::Record(offloads),
+        }
+    }
+
+    /// Sets which offloaded frames the kernel may hand to this tap
+    /// (`TUN_F_*` flags): with `TUN_F_CSUM` frames may come with a partial
+    /// checksum, with `TUN_F_TSO4`/`TUN_F_TSO6` as one TCP segment of up to
+    /// 64 KiB; 0 makes the kernel checksum and segment them first. Frames
+    /// written to the tap may be offloaded whatever is set here.
+    pub fn set_offloads(&self, flags: u32) -> Result<(), TapError> {
+        match &self.offloads {
+            OffloadControl::Ioctl => {
+                // SAFETY: TUNSETOFFLOAD takes its argument by value (an
+                // unsigned long of flags), no pointer; the fd is ours.
+                let rc = unsafe {
+                    libc::ioctl(
+                        self.file.as_raw_fd(),
+                        TUNSETOFFLOAD,
+                        libc::c_ulong::from(flags),
+                    )
+                };
+                if rc < 0 {
+                    return Err(TapError::Ioctl {
+                        what: "set the offloads (TUNSETOFFLOAD)",
+                        source: std::io::Error::last_os_error(),
+                    });
+                }
+                Ok(())
+            }
+            #[cfg(test)]
+            OffloadControl::Record(log) => {
+                log.lock().expect("offload log lock").push(flags);
+                Ok(())
+            }
         }
     }
 
@@ -176,6 +229,29 @@ impl Tap {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Writes one frame gathered from `iovecs` (one `writev`, so one frame
+    /// for the tap); false when the tap is full (the frame is dropped).
+    ///
+    /// # Safety
+    /// Every iovec must describe memory that is mapped and readable for the
+    /// whole call.
+    pub unsafe fn write_frame_vectored(&mut self, iovecs: &[libc::iovec]) -> std::io::Result<bool> {
+        let count = libc::c_int::try_from(iovecs.len())
+            .map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+        // SAFETY: the caller guarantees each iovec is readable memory for the
+        // call; `iovecs` itself is a live slice of `count` entries.
+        let rc = unsafe { libc::writev(self.file.as_raw_fd(), iovecs.as_ptr(), count) };
+        if rc >= 0 {
+            return Ok(true);
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() == ErrorKind::WouldBlock {
+            Ok(false)
+        } else {
+            Err(error)
         }
     }
 }
