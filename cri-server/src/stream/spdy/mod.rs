@@ -101,8 +101,9 @@
 //! bytes to the frame decoder and header block decoder (checking that every
 //! decoded frame re-encodes to the same bytes) and to a server session over
 //! an in-memory connection (see `fuzzing.rs`, built with the `fuzzing`
-//! feature). `cri-server/fuzz/run.sh 30`, from an empty corpus: 269,100
-//! executions in 30 s, no crash (details in `docs/streaming.md`).
+//! feature). `cargo xtask fuzz --target spdy_frames --seconds 30`, from an
+//! empty corpus: 269,100 executions in 30 s, no crash (details in
+//! `docs/streaming.md`).
 
 pub mod dictionary;
 pub mod frame;
