@@ -231,19 +231,25 @@ impl Node {
         reference
     }
 
-    /// The pod's IPs as PodSandboxStatus reports them.
-    pub async fn pod_ips(&self, id: &str) -> Vec<String> {
-        let network = self
-            .hulld
+    /// PodSandboxStatus of the pod (`verbose`: with hulld's record).
+    pub async fn sandbox_status(&self, id: &str, verbose: bool) -> cri::PodSandboxStatusResponse {
+        self.hulld
             .runtime()
             .await
             .pod_sandbox_status(cri::PodSandboxStatusRequest {
                 pod_sandbox_id: id.into(),
-                verbose: false,
+                verbose,
             })
             .await
             .expect("PodSandboxStatus")
             .into_inner()
+    }
+
+    /// The pod's IPs as PodSandboxStatus reports them.
+    pub async fn pod_ips(&self, id: &str) -> Vec<String> {
+        let network = self
+            .sandbox_status(id, false)
+            .await
             .status
             .expect("status")
             .network
@@ -256,17 +262,7 @@ impl Node {
 
     /// The sandbox record hulld shows in PodSandboxStatus's verbose info.
     pub async fn sandbox_info(&self, id: &str) -> serde_json::Value {
-        let response = self
-            .hulld
-            .runtime()
-            .await
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.into(),
-                verbose: true,
-            })
-            .await
-            .expect("PodSandboxStatus")
-            .into_inner();
+        let response = self.sandbox_status(id, true).await;
         let info = response.info.get("info").expect("verbose info");
         serde_json::from_str(info).expect("the verbose info is JSON")
     }
@@ -396,16 +392,8 @@ impl Node {
     }
 
     pub async fn pod_state(&self, id: &str) -> i32 {
-        self.hulld
-            .runtime()
+        self.sandbox_status(id, false)
             .await
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .expect("PodSandboxStatus")
-            .into_inner()
             .status
             .expect("status")
             .state

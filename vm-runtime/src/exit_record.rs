@@ -14,7 +14,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::seccomp::ThreadKind;
-use crate::vmm::timeline::BootPhases;
+use crate::vmm::timeline::{self, BootPhases, BootTimeline};
 
 /// What ended the VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +133,28 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 impl ExitRecord {
+    /// The record of a VM ending now for `reason`, with this process's pid
+    /// and times and the boot phases `timeline` reached. Allocates nothing
+    /// (the seccomp fault reporter relies on that).
+    pub fn ending_now(
+        reason: ExitReason,
+        timeline: &BootTimeline,
+        panic_line: Option<String>,
+    ) -> Self {
+        ExitRecord {
+            reason,
+            pid: std::process::id(),
+            unix_time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            vmm_uptime_ms: timeline::since_start_us() / 1000,
+            guest_uptime_ms: timeline.guest_uptime_us().map(|us| us / 1000),
+            panic_line,
+            boot_timeline_us: timeline.snapshot(),
+        }
+    }
+
     /// Writes the record to `path` atomically.
     pub fn write(&self, path: &Path) -> Result<(), ExitRecordError> {
         let mut json = serde_json::to_vec_pretty(self).expect("exit record serializes");

@@ -29,7 +29,7 @@ use seccompiler::BpfProgram;
 
 use crate::exit_record::{ExitReason, ExitRecord};
 use crate::seccomp::{self, SECCOMP_EXIT_STATUS, ThreadKind};
-use crate::vmm::timeline::{self, BootTimeline};
+use crate::vmm::timeline::BootTimeline;
 
 /// How long a faulting thread waits for the reporter to end the process.
 pub const REPORT_WAIT: Duration = Duration::from_secs(5);
@@ -260,21 +260,14 @@ fn wait_and_report(read_end: OwnedFd, mut prepared: Prepared) {
     let Some(thread) = role_of_code(FAULT_ROLE.load(Ordering::SeqCst)) else {
         return;
     };
-    let record = ExitRecord {
-        reason: ExitReason::SeccompViolation {
+    let record = ExitRecord::ending_now(
+        ExitReason::SeccompViolation {
             syscall: FAULT_SYSCALL.load(Ordering::SeqCst),
             thread,
         },
-        pid: std::process::id(),
-        unix_time_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        vmm_uptime_ms: timeline::since_start_us() / 1000,
-        guest_uptime_ms: prepared.timeline.guest_uptime_us().map(|us| us / 1000),
-        panic_line: None,
-        boot_timeline_us: prepared.timeline.snapshot(),
-    };
+        &prepared.timeline,
+        None,
+    );
     prepared.buffer.clear();
     if serde_json::to_writer(&mut prepared.buffer, &record).is_ok()
         && prepared.buffer.write_all(b"\n").is_ok()

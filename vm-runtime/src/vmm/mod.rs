@@ -316,18 +316,7 @@ fn finish(
             lock(drive).sync();
         }
     }
-    let record = ExitRecord {
-        reason,
-        pid: std::process::id(),
-        unix_time_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        vmm_uptime_ms: timeline::since_start_us() / 1000,
-        guest_uptime_ms: timeline.guest_uptime_us().map(|us| us / 1000),
-        panic_line,
-        boot_timeline_us: timeline.snapshot(),
-    };
+    let record = ExitRecord::ending_now(reason, timeline, panic_line);
     record.write(&options.exit_record)?;
     if let Some(path) = &options.api_sock {
         let _ = std::fs::remove_file(path);
