@@ -25,6 +25,8 @@ use crate::devices::virtio::{
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
 
+/// Offset of `gso_type` in `virtio_net_hdr_v1`.
+const GSO_TYPE_OFFSET: usize = 1;
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_OFFSET: usize = 10;
 
@@ -147,8 +149,11 @@ impl Net {
         }
         match self.tap.set_offloads(flags) {
             Ok(()) => {
-                tracing::debug!(net = %self.id, flags, "tap offloads set");
+                tracing::info!(net = %self.id, flags, "tap offloads set");
                 self.tap_offloads = flags;
+                self.metrics
+                    .tap_offloads
+                    .store(u64::from(flags), Ordering::Relaxed);
             }
             Err(error) => {
                 // The guest then gets plain frames only if the tap still
@@ -186,6 +191,9 @@ impl Net {
                 }) {
                     Ok(true) => {
                         add(&self.metrics.tx_frames, 1);
+                        if self.tx_chain.gso_type(&active.mem) != 0 {
+                            add(&self.metrics.tx_gso_frames, 1);
+                        }
                         add(
                             &self.metrics.tx_bytes,
                             (self.tx_chain.len() - VNET_HDR_LEN) as u64,
@@ -296,6 +304,9 @@ impl Net {
                 Ok(()) => match self.rx_chain.write_frame(&active.mem, frame) {
                     Ok(n) => {
                         add(&self.metrics.rx_frames, 1);
+                        if frame[GSO_TYPE_OFFSET] != 0 {
+                            add(&self.metrics.rx_gso_frames, 1);
+                        }
                         add(&self.metrics.rx_bytes, (len - VNET_HDR_LEN) as u64);
                         n
                     }
@@ -547,6 +558,7 @@ mod tests {
             *rig.offloads.lock().unwrap(),
             [TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6]
         );
+        assert_eq!(rig.net.metrics().tap_offloads.load(Ordering::Relaxed), 7);
         rig.net.apply_tap_offloads();
         assert_eq!(rig.offloads.lock().unwrap().len(), 1);
         rig.net.reset();
@@ -636,6 +648,7 @@ mod tests {
         let m = rig.net.metrics();
         assert_eq!(m.tx_frames.load(Ordering::Relaxed), 1);
         assert_eq!(m.tx_bytes.load(Ordering::Relaxed), (total - 12) as u64);
+        assert_eq!(m.tx_gso_frames.load(Ordering::Relaxed), 1);
         assert_eq!(m.malformed_chains.load(Ordering::Relaxed), 0);
         // One interrupt for the batch.
         assert_eq!(rig.irq.read().unwrap(), 1);
@@ -670,6 +683,7 @@ mod tests {
             frame[len - 1]
         );
         assert_eq!(rig.net.metrics().rx_frames.load(Ordering::Relaxed), 1);
+        assert_eq!(rig.net.metrics().rx_gso_frames.load(Ordering::Relaxed), 1);
         assert_eq!(rig.irq.read().unwrap(), 1);
     }
 

@@ -144,6 +144,23 @@ impl ChainBuffers {
         self.load(chain, mem, Direction::DeviceWrites, None)
     }
 
+    /// The `gso_type` of the loaded frame's vnet header (0: not a GSO frame).
+    pub fn gso_type(&self, mem: &GuestMemoryMmap) -> u8 {
+        let mut header = [0u8; 2];
+        let mut at = 0;
+        for (addr, len) in &self.bufs {
+            let n = (*len as usize).min(header.len() - at);
+            if mem.read_slice(&mut header[at..at + n], *addr).is_err() {
+                return 0;
+            }
+            at += n;
+            if at == header.len() {
+                break;
+            }
+        }
+        header[1]
+    }
+
     /// Copies the loaded (tx) buffers into `out`, which is resized to fit.
     pub fn read_into(&self, mem: &GuestMemoryMmap, out: &mut Vec<u8>) -> Result<(), FrameError> {
         out.resize(self.len, 0);

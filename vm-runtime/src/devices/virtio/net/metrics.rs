@@ -20,6 +20,12 @@ pub struct NetMetrics {
     /// Chains refused: wrong direction, outside guest memory, too short,
     /// or (tx) longer than the largest frame.
     pub malformed_chains: AtomicU64,
+    /// Frames that were TCP segments of more than one packet (GSO type in
+    /// the vnet header): how much of the traffic used segmentation offload.
+    pub rx_gso_frames: AtomicU64,
+    pub tx_gso_frames: AtomicU64,
+    /// The `TUN_F_*` offloads the tap has now.
+    pub tap_offloads: AtomicU64,
     /// Times TUNSETOFFLOAD failed.
     pub offload_errors: AtomicU64,
 }
