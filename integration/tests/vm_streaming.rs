@@ -4,7 +4,7 @@
 //! One pod runs busybox httpd bound to 127.0.0.1 inside the pod; the test
 //! execs into it (with and without a terminal, stdin piped and closed, exit
 //! codes, 50 MB of output), attaches to a second container reading its
-//! stdin, forwards ports to the server on the pod's loopback (20
+//! stdin and to a third with a terminal, forwards ports to the server on the pod's loopback (20
 //! connections at once, over SPDY and WebSocket), and checks that a used or
 //! unknown URL is refused.
 //!
@@ -250,6 +250,59 @@ async fn exec_attach_and_port_forward_through_the_streaming_server() {
     let status = node.wait_exited(&reader).await;
     assert_eq!(status.exit_code, 0);
 
+    // Attach to a container with a terminal: input reaches its shell
+    // through the pty, a resize reaches the terminal, and the session ends
+    // when the container exits.
+    let mut console = node.container_config(
+        "console",
+        "while read line; do case $line in \
+           size) for i in $(seq 50); do s=$(stty size); [ \"$s\" = '30 100' ] && break; sleep 0.2; done; echo size:$s ;; \
+           quit) echo bye; exit 0 ;; \
+           *) echo got:$line ;; \
+         esac; done",
+    );
+    console.stdin = true;
+    console.tty = true;
+    let console = node.start_container(&pod, &pod_config, console).await;
+    let url = runtime
+        .attach(cri::AttachRequest {
+            container_id: console.clone(),
+            stdin: true,
+            tty: true,
+            stdout: true,
+            stderr: false,
+        })
+        .await
+        .expect("Attach with a terminal")
+        .into_inner()
+        .url;
+    let result = step(
+        &node,
+        "attach with a terminal",
+        spdy_command(
+            &url,
+            CommandOptions {
+                stdin: Some(b"one\nsize\nquit\n".to_vec()),
+                stdout: true,
+                tty: true,
+                resize: vec![(100, 30)],
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    let text = result.stdout_text();
+    for wanted in ["got:one", "size:30 100", "bye"] {
+        assert!(text.contains(wanted), "{wanted:?} missing: {result:?}");
+    }
+    assert!(
+        text.contains("\r\n"),
+        "a terminal ends lines with CR LF: {result:?}"
+    );
+    assert_eq!(result.exit_code().unwrap(), 0, "{result:?}");
+    assert_eq!(node.wait_exited(&console).await.exit_code, 0);
+
     // Port-forward over SPDY to the server on the pod's loopback: 20
     // connections at once on one session, then a closed port.
     let url = runtime
@@ -329,8 +382,9 @@ async fn exec_attach_and_port_forward_through_the_streaming_server() {
         "hull_vms 1",
         r#"hull_pods{state="ready"} 1"#,
         r#"hull_containers{state="running"} 1"#,
-        r#"hull_containers{state="exited"} 1"#,
+        r#"hull_containers{state="exited"} 2"#,
         r#"hull_cri_requests_total{method="Exec",code="OK"} 5"#,
+        r#"hull_cri_requests_total{method="Attach",code="OK"} 2"#,
         r#"hull_cri_requests_total{method="PortForward",code="OK"} 2"#,
     ] {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
