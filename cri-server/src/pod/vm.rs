@@ -600,7 +600,7 @@ pub async fn shut_down(
 pub enum VmEnd {
     /// The VMM wrote an exit record.
     Recorded(ExitRecord),
-    /// The VMM is gone without a record: killed (SIGKILL, seccomp), crashed,
+    /// The VMM is gone without a record: killed (SIGKILL), crashed,
     /// or OOM-killed (`oom_killed`, from the pod cgroup's memory.events).
     Vanished { pid: u32, oom_killed: bool },
 }
