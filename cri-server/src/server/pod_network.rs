@@ -211,13 +211,16 @@ impl CriService {
     /// every pod with a host port on a host with ip6tables (it looks for the
     /// IPv4 rules in ip6tables), which would have the kubelet recreate such
     /// pods at every hulld restart.
-    pub(super) async fn check_pod_network(&self, id: &str) -> Option<NetworkCheckRecord> {
-        let record = self.sandboxes.get(id)?;
-        let network_record = record.status.network.as_ref()?;
-        let result = network_record.result.as_ref()?;
-        if network_record.deleted {
-            return None;
-        }
+    pub(super) async fn check_pod_network(&self, id: &str) {
+        let Some(record) = self.sandboxes.get(id) else {
+            return;
+        };
+        let Some(network_record) = record.status.network.as_ref() else {
+            return;
+        };
+        let (Some(result), false) = (network_record.result.as_ref(), network_record.deleted) else {
+            return;
+        };
         let outcome = match self.network_config() {
             Ok(Some(network)) => {
                 match attachment(id, &record.metadata.config, network_record.netns.clone()) {
@@ -256,7 +259,6 @@ impl CriService {
         if let Err(error) = saved {
             tracing::warn!(pod = id, %error, "cannot record the CNI CHECK outcome");
         }
-        Some(check)
     }
 
     /// Namespaces in `cni.netns_dir` that belong to no pod hulld knows

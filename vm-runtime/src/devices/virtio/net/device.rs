@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::frame::{ChainBuffers, TxError};
 use super::metrics::NetMetrics;
 use super::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, Tap};
-use super::{MAX_FRAME_LEN, QUEUE_SIZE, VNET_HDR_LEN};
+use super::{GSO_TYPE_OFFSET, MAX_FRAME_LEN, NUM_BUFFERS_OFFSET, QUEUE_SIZE, VNET_HDR_LEN};
 use crate::devices::virtio::{
     ActivateError, Activation, FEATURE_VERSION_1, VirtioDevice, VirtioInterrupt, device_id,
     read_config_bytes,
@@ -24,11 +24,6 @@ use crate::devices::virtio::{
 
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
-
-/// Offset of `gso_type` in `virtio_net_hdr_v1`.
-const GSO_TYPE_OFFSET: usize = 1;
-/// Offset of `num_buffers` in `virtio_net_hdr_v1`.
-const NUM_BUFFERS_OFFSET: usize = 10;
 
 /// Device features beyond VERSION_1: the MAC in config space, checksum and
 /// TCP segmentation offload both ways (the tap takes and gives frames in

@@ -13,7 +13,7 @@ use virtio_queue::DescriptorChain;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::tap::Tap;
-use super::{MAX_FRAME_LEN, VNET_HDR_LEN};
+use super::{GSO_TYPE_OFFSET, MAX_FRAME_LEN, VNET_HDR_LEN};
 
 /// Most pieces a tx frame is sent in with one `writev` straight from guest
 /// memory (a Linux guest uses at most 19: header, linear part, 17 page
@@ -146,7 +146,7 @@ impl ChainBuffers {
 
     /// The `gso_type` of the loaded frame's vnet header (0: not a GSO frame).
     pub fn gso_type(&self, mem: &GuestMemoryMmap) -> u8 {
-        let mut header = [0u8; 2];
+        let mut header = [0u8; GSO_TYPE_OFFSET + 1];
         let mut at = 0;
         for (addr, len) in &self.bufs {
             let n = (*len as usize).min(header.len() - at);
@@ -158,7 +158,7 @@ impl ChainBuffers {
                 break;
             }
         }
-        header[1]
+        header[GSO_TYPE_OFFSET]
     }
 
     /// Copies the loaded (tx) buffers into `out`, which is resized to fit.

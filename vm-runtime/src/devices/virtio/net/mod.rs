@@ -24,6 +24,10 @@ pub use tap::{Tap, TapError};
 pub const QUEUE_SIZE: u16 = 256;
 /// `struct virtio_net_hdr_v1` (with `num_buffers`).
 pub const VNET_HDR_LEN: usize = 12;
+/// Offset of `gso_type` in `virtio_net_hdr_v1`.
+pub const GSO_TYPE_OFFSET: usize = 1;
+/// Offset of `num_buffers` in `virtio_net_hdr_v1`.
+pub const NUM_BUFFERS_OFFSET: usize = 10;
 /// Largest frame with its header the device moves: a 64 KiB IP packet (an
 /// IPv6 payload of 65,535 bytes plus its 40-byte header), an Ethernet
 /// header with a VLAN tag, the vnet header.
